@@ -1,0 +1,206 @@
+//! The narrow [`Backend`] trait and the registry of backends this build knows.
+//!
+//! A backend is *one library on one device* (`candle` on `cpu`, `burn-flex`
+//! on `cpu`, `tch` on `cuda`, …). The trait asks three things of it: who it
+//! is ([`BackendInfo`]), whether it can do something ([`Backend::supports`],
+//! with a reason when not), and to run a [`RunRequest`], returning only the
+//! observed rows ([`Checkpoints`]).
+//!
+//! Backends that are not compiled in, or whose device is absent, still appear
+//! in the [`registry`] — as entries that answer every question with the
+//! reason (after candle's compiled-out `Device`s), so the harness can show an
+//! ignored trial that says what to enable instead of silently skipping.
+
+use crate::dtype::DType;
+use crate::model::{AttentionForm, ModelSpec};
+use crate::request::{Checkpoints, RunRequest, Schedule};
+
+/// Who a backend is: recorded in every snapshot's metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendInfo {
+    /// Library name as in trial names: `candle`, `burn-flex`, `burn-ndarray`,
+    /// `tch`, `reference`.
+    pub name: &'static str,
+    /// Device kind: `cpu`, `cuda`, `wgpu`.
+    pub device: &'static str,
+    /// Exact library version, e.g. `candle-core 0.11.1`.
+    pub version: String,
+    /// The device in words (GPU name, or CPU with its SIMD level).
+    pub device_name: String,
+    /// Threads the library computes with on this device.
+    pub threads: usize,
+}
+
+impl BackendInfo {
+    /// `{name}-{device}`, as in trial and snapshot names.
+    pub fn id(&self) -> String {
+        format!("{}-{}", self.name, self.device)
+    }
+}
+
+/// Something a run may need that a backend may lack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Capability {
+    /// Computing in this dtype.
+    DType(DType),
+    /// Fused attention (`AttentionForm::Fused`).
+    FusedAttention,
+}
+
+/// Errors a backend run reports.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The backend cannot do what was asked; the harness shows an ignored
+    /// trial with this reason.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The backend is not usable in this build or on this machine (not
+    /// compiled in, library or device missing); also an ignored trial.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The library failed while running.
+    #[error("{backend}: {message}")]
+    Library {
+        /// Backend id.
+        backend: String,
+        /// The library's message.
+        message: String,
+    },
+}
+
+impl BackendError {
+    /// Whether this means "cannot run here" (an ignored trial) rather than a failure.
+    pub fn is_skip(&self) -> bool {
+        matches!(self, BackendError::Unsupported(_) | BackendError::Unavailable(_))
+    }
+}
+
+/// A tensor library on one device.
+///
+/// Implementations build the model from [`RunRequest::model`] with their own
+/// ops, from the host weights, and return the observed rows after each layer.
+/// They must synchronise the device before reading results, and must be
+/// deterministic for a given machine, thread count and request.
+pub trait Backend: Send + Sync {
+    /// Identity and versions (cheap; called for every trial listing).
+    fn info(&self) -> BackendInfo;
+
+    /// `Err(reason)` when the backend cannot be used at all here (feature not
+    /// compiled in, library missing, no device). Defaults to available.
+    fn available(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Whether the backend can do `what`; `Err(reason)` when not. Defaults:
+    /// f32 only, no fused attention.
+    fn supports(&self, what: Capability) -> Result<(), String> {
+        match what {
+            Capability::DType(DType::F32) => Ok(()),
+            Capability::DType(d) => Err(format!("{} does not compute in {d}", self.info().id())),
+            Capability::FusedAttention => Err(format!(
+                "{} has no fused attention kernel on {}",
+                self.info().name,
+                self.info().device
+            )),
+        }
+    }
+
+    /// Runs one request.
+    fn run(&self, req: &RunRequest<'_>) -> Result<Checkpoints, BackendError>;
+
+    /// Checks availability and every capability a run of `model` in `dtype`
+    /// with `schedule` needs; the error says why it cannot happen here.
+    fn can_run(&self, model: &ModelSpec, dtype: DType, schedule: &Schedule) -> Result<(), BackendError> {
+        self.available().map_err(BackendError::Unavailable)?;
+        self.supports(Capability::DType(dtype))
+            .map_err(BackendError::Unsupported)?;
+        if let ModelSpec::Decoder(d) = model {
+            if d.attention == AttentionForm::Fused {
+                self.supports(Capability::FusedAttention)
+                    .map_err(BackendError::Unsupported)?;
+            }
+        }
+        if matches!(schedule, Schedule::Rows) && matches!(model, ModelSpec::Decoder(_)) {
+            return Err(BackendError::Unsupported(
+                "the `rows` strategy needs row-independent layers; a decoder's rows attend to earlier positions".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`Backend::can_run`] for a whole request.
+    fn check(&self, req: &RunRequest<'_>) -> Result<(), BackendError> {
+        self.can_run(req.model, req.dtype, req.schedule)
+    }
+}
+
+/// A backend entry that is not usable in this build or on this machine.
+pub(crate) struct Absent {
+    pub(crate) name: &'static str,
+    pub(crate) device: &'static str,
+    pub(crate) reason: String,
+}
+
+impl Backend for Absent {
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            name: self.name,
+            device: self.device,
+            version: "not available".into(),
+            device_name: "none".into(),
+            threads: 0,
+        }
+    }
+    fn available(&self) -> Result<(), String> {
+        Err(self.reason.clone())
+    }
+    fn run(&self, _: &RunRequest<'_>) -> Result<Checkpoints, BackendError> {
+        Err(BackendError::Unavailable(self.reason.clone()))
+    }
+}
+
+fn not_compiled(name: &'static str, device: &'static str, how: &str) -> Box<dyn Backend> {
+    Box::new(Absent {
+        name,
+        device,
+        reason: format!("{name}-{device} is not compiled in: {how}"),
+    })
+}
+
+/// Every backend this build knows, compiled in or not, in a stable order:
+/// `reference-cpu` first, then candle, burn, tch — CPU before GPU.
+/// Entries that cannot run here answer [`Backend::available`] with the reason.
+pub fn registry() -> Vec<Box<dyn Backend>> {
+    let mut out: Vec<Box<dyn Backend>> = vec![Box::new(crate::reference::Reference)];
+
+    #[cfg(feature = "candle")]
+    out.extend(crate::candle::backends());
+    #[cfg(not(feature = "candle"))]
+    out.push(not_compiled("candle", "cpu", "build with `--features candle` (on by default)"));
+    #[cfg(not(feature = "candle-cuda"))]
+    out.push(not_compiled(
+        "candle",
+        "cuda",
+        "build with `--features cuda` (needs nvcc; see the README's GPU section)",
+    ));
+
+    #[cfg(feature = "burn")]
+    out.extend(crate::burn::backends());
+    #[cfg(not(feature = "burn"))]
+    {
+        out.push(not_compiled("burn-flex", "cpu", "build with `--features burn` (on by default)"));
+        out.push(not_compiled("burn-ndarray", "cpu", "build with `--features burn` (on by default)"));
+    }
+
+    #[cfg(feature = "tch")]
+    out.extend(crate::tch::backends());
+    #[cfg(not(feature = "tch"))]
+    for device in ["cpu", "cuda"] {
+        out.push(not_compiled(
+            "tch",
+            device,
+            "build with `--features tch` after `scripts/setup-libtorch` (or run `cargo test-tch`)",
+        ));
+    }
+    out
+}

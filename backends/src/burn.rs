@@ -1,0 +1,669 @@
+//! burn adapter: `burn-flex-cpu` and `burn-ndarray-cpu`, burn 0.22.1's two
+//! pure-Rust CPU backends.
+//!
+//! # Why `burn-backend` and not `burn`
+//!
+//! The `burn` crate (and `burn-tensor`, `burn-core`, `burn-nn`) depends on
+//! `burn-dispatch`, whose *optional* dependency `burn-tch` declares
+//! `links = "tch"`. Cargo checks `links` conflicts across optional
+//! dependencies too, so that graph cannot resolve next to our `tch` 0.24. The
+//! adapter therefore drives the backends through the layer burn's `Tensor`
+//! API delegates to: the [`burn_backend::Backend`] trait and its op traits
+//! (`FloatTensorOps`, `ActivationOps`, `ModuleOps`, …), e.g.
+//! `<Flex as Backend>::float_matmul(a, b)`. The kernels are burn's own.
+//!
+//! # Mirroring burn's compositions
+//!
+//! Where `burn-tensor` / `burn-nn` 0.22.1 compose several backend ops, the
+//! adapter issues the same ops in the same order, so the numbers equal what a
+//! burn user gets:
+//! - `nn::Linear::forward` → `burn_tensor::module::linear` → `ModuleOps::linear`
+//!   (burn-dispatch forwards to the default, which may fold the batch dims into
+//!   rows before one `[rows, in] @ [in, out]` matmul, then adds the bias).
+//!   burn's weight is `[in, out]`: PyTorch's `[out, in]` is transposed on the host.
+//! - `nn::LayerNorm::forward` → `ModuleOps::layer_norm` (flex has a fused
+//!   kernel), widened to f32 for f16 inputs as burn-nn does.
+//! - `nn::RmsNorm::forward`: `x / sqrt(mean(x.cast(f32)²) + eps).cast(dtype) * γ`
+//!   — burn computes the RMS in f32 whatever the model's dtype.
+//! - `activation::gelu` → `ActivationOps::gelu` (exact, erf);
+//!   `activation::gelu_approximate` is composed of scalar/elementwise ops
+//!   (tanh form); `activation::silu` is `x * ActivationOps::sigmoid(x)`;
+//!   `activation::softmax` → `ActivationOps::softmax`.
+//! - `Tensor::matmul` → `float_matmul`, with its `[…, B, 1, K] @ […, 1, K, N]`
+//!   reinterpretation.
+//!
+//! Fused attention is `ModuleOps::attention` (`burn_tensor::module::attention`):
+//! a real kernel on flex (naive or flash-tiled by size), burn's composed
+//! fallback on ndarray.
+//!
+//! burn's ops panic on misuse rather than return errors; a panic during a run
+//! is caught and reported as a library error.
+
+use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use burn_backend::ops::AttentionModuleOptions;
+use burn_backend::tensor::FloatTensor;
+use burn_backend::{
+    Backend as BurnBackend, DType as BDType, FloatDType, Scalar, Shape, Slice, TensorData,
+    TensorMetadata, get_or_init_device_settings,
+};
+use burn_flex::Flex;
+// burn 0.22 marks burn-ndarray deprecated in favour of flex; it still ships
+// and is one of the two CPU backends we compare.
+#[allow(deprecated)]
+use burn_ndarray::NdArray;
+
+use crate::backend::{Backend, BackendError, BackendInfo, Capability};
+use crate::dtype::DType;
+use crate::exec;
+use crate::host::HostTensor;
+use crate::model::{Activation, Norm};
+use crate::ops::{OpResult, Ops};
+use crate::request::{Checkpoints, RunRequest};
+
+/// The burn backends this build has: `burn-flex-cpu`, `burn-ndarray-cpu`.
+#[allow(deprecated)]
+pub(crate) fn backends() -> Vec<Box<dyn Backend>> {
+    vec![Box::new(Burn::<Flex>::new()), Box::new(Burn::<NdArray>::new())]
+}
+
+/// What differs between the burn CPU backends besides their ops.
+trait CpuBackend: BurnBackend {
+    /// Library name in trial ids.
+    const NAME: &'static str;
+    /// `burn-flex 0.22.1`, …
+    fn version() -> String;
+    /// Threads the backend computes with.
+    fn threads() -> usize;
+}
+
+impl CpuBackend for Flex {
+    const NAME: &'static str = "burn-flex";
+    fn version() -> String {
+        format!("burn-flex {}", env!("LD_VERSION_BURN_FLEX"))
+    }
+    /// flex parallelises elementwise ops, reductions and its `gemm` matmuls
+    /// (`Parallelism::Rayon(0)`) on rayon's global pool.
+    fn threads() -> usize {
+        rayon_global_threads()
+    }
+}
+
+#[allow(deprecated)]
+impl CpuBackend for NdArray {
+    const NAME: &'static str = "burn-ndarray";
+    fn version() -> String {
+        format!("burn-ndarray {}", env!("LD_VERSION_BURN_NDARRAY"))
+    }
+    /// ndarray's matmuls (most of the work) run on `matrixmultiply`'s own
+    /// thread pool, sized by `MATMUL_NUM_THREADS`; its elementwise ops and the
+    /// loop over matmul batches use rayon's global pool.
+    fn threads() -> usize {
+        matrixmultiply_threads()
+    }
+}
+
+/// The size of rayon's global pool, by rayon-core 1.13's rule (rayon is not
+/// reachable from here to ask): `RAYON_NUM_THREADS`, then the deprecated
+/// `RAYON_RS_NUM_CPUS`, then the available parallelism.
+fn rayon_global_threads() -> usize {
+    let default = || std::thread::available_parallelism().map_or(1, |n| n.get());
+    let var = |name| std::env::var(name).ok().and_then(|s| s.parse::<usize>().ok());
+    match var("RAYON_NUM_THREADS") {
+        Some(0) => return default(),
+        Some(n) => return n,
+        None => {}
+    }
+    match var("RAYON_RS_NUM_CPUS") {
+        Some(n) if n > 0 => n,
+        _ => default(),
+    }
+}
+
+/// `matrixmultiply` 0.3's thread count with its `threading` feature:
+/// `MATMUL_NUM_THREADS` (unparsable: 1), else the physical core count,
+/// clamped to `1..=4`.
+fn matrixmultiply_threads() -> usize {
+    let n = match std::env::var("MATMUL_NUM_THREADS") {
+        Ok(s) if !s.is_empty() => s.parse().unwrap_or(1),
+        _ => physical_cores(),
+    };
+    n.clamp(1, 4)
+}
+
+/// Physical cores as `num_cpus::get_physical` counts them on Linux (distinct
+/// `physical id`/`core id` pairs in `/proc/cpuinfo`), else the available
+/// parallelism.
+fn physical_cores() -> usize {
+    let logical = || std::thread::available_parallelism().map_or(1, |n| n.get());
+    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
+        return logical();
+    };
+    let mut cores = std::collections::BTreeSet::new();
+    let mut physical = None;
+    for line in info.lines() {
+        let mut kv = line.splitn(2, ':').map(str::trim);
+        match (kv.next(), kv.next()) {
+            (Some("physical id"), Some(v)) => physical = Some(v.to_string()),
+            (Some("core id"), Some(v)) => {
+                cores.insert((physical.clone(), v.to_string()));
+            }
+            _ => {}
+        }
+    }
+    if cores.is_empty() { logical() } else { cores.len() }
+}
+
+/// One burn backend on its (only) CPU device.
+struct Burn<B>(PhantomData<fn() -> B>);
+
+impl<B> Burn<B> {
+    fn new() -> Self {
+        Burn(PhantomData)
+    }
+}
+
+fn burn_dtype(d: DType) -> BDType {
+    match d {
+        DType::F32 => BDType::F32,
+        DType::F64 => BDType::F64,
+        DType::F16 => BDType::F16,
+        DType::BF16 => BDType::BF16,
+    }
+}
+
+impl<B: CpuBackend> Backend for Burn<B> {
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            name: B::NAME,
+            device: "cpu",
+            version: B::version(),
+            device_name: crate::cpu::describe(),
+            threads: B::threads(),
+        }
+    }
+
+    /// A dtype is supported when the backend itself reports general
+    /// (storage + arithmetic) support for it: f32 and f64 on both, f16 and
+    /// bf16 on flex only.
+    fn supports(&self, what: Capability) -> Result<(), String> {
+        match what {
+            Capability::DType(d) => {
+                if B::supports_dtype(&B::Device::default(), burn_dtype(d)) {
+                    Ok(())
+                } else {
+                    Err(format!("{}-cpu does not compute in {d} (burn reports no arithmetic support for it)", B::NAME))
+                }
+            }
+            Capability::FusedAttention => Ok(()),
+        }
+    }
+
+    fn run(&self, req: &RunRequest<'_>) -> Result<Checkpoints, BackendError> {
+        self.check(req)?;
+        let id = self.info().id();
+        let ops = BurnOps::<B> {
+            device: B::Device::default(),
+        };
+        catch_unwind(AssertUnwindSafe(|| exec::run(&ops, &id, req))).unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "the library panicked".into());
+            Err(BackendError::Library { backend: id, message })
+        })
+    }
+}
+
+/// burn's ops on one device.
+struct BurnOps<B: BurnBackend> {
+    device: B::Device,
+}
+
+/// A linear layer in burn's layout.
+struct BurnLinear<B: BurnBackend> {
+    /// `[in, out]`.
+    weight: FloatTensor<B>,
+    /// `[out]`.
+    bias: FloatTensor<B>,
+}
+
+fn e(err: impl std::fmt::Display) -> String {
+    err.to_string()
+}
+
+/// `Tensor::cast`: a no-op when the dtype already matches.
+fn cast<B: BurnBackend>(x: FloatTensor<B>, to: FloatDType) -> FloatTensor<B> {
+    if x.dtype() == BDType::from(to) {
+        x
+    } else {
+        B::float_cast(x, to)
+    }
+}
+
+/// `Tensor::unsqueeze`: leading size-1 dimensions up to `rank`.
+fn unsqueeze<B: BurnBackend>(x: FloatTensor<B>, rank: usize) -> FloatTensor<B> {
+    let shape = x.shape();
+    if shape.num_dims() >= rank {
+        return x;
+    }
+    let dims: Vec<usize> = std::iter::repeat_n(1, rank - shape.num_dims())
+        .chain(shape.iter().copied())
+        .collect();
+    B::float_reshape(x, Shape::from(dims))
+}
+
+fn float(v: f64) -> Scalar {
+    Scalar::Float(v)
+}
+
+impl<B: BurnBackend> Ops for BurnOps<B> {
+    type T = FloatTensor<B>;
+    type Linear = BurnLinear<B>;
+
+    /// `Tensor::from_data`: the host data converted to `dtype`, then
+    /// `float_from_data`.
+    fn upload(&self, t: &HostTensor, dtype: DType) -> OpResult<Self::T> {
+        let data = TensorData::new(t.data.clone(), t.shape.clone())
+            .try_cast(burn_dtype(dtype))
+            .map_err(e)?;
+        Ok(B::float_from_data(data, &self.device))
+    }
+
+    fn prepare_linear(&self, w: &HostTensor, b: &HostTensor, dtype: DType) -> OpResult<Self::Linear> {
+        let [out, inp] = w.shape[..] else {
+            return Err(format!("linear weight must be 2-d, got {:?}", w.shape));
+        };
+        let mut wt = vec![0.0f32; w.len()];
+        for o in 0..out {
+            for i in 0..inp {
+                wt[i * out + o] = w.data[o * inp + i];
+            }
+        }
+        Ok(BurnLinear {
+            weight: self.upload(&HostTensor::new(vec![inp, out], wt), dtype)?,
+            bias: self.upload(b, dtype)?,
+        })
+    }
+
+    fn linear(&self, x: &Self::T, l: &Self::Linear) -> OpResult<Self::T> {
+        Ok(B::linear(x.clone(), l.weight.clone(), Some(l.bias.clone())))
+    }
+
+    fn norm(
+        &self,
+        kind: Norm,
+        x: &Self::T,
+        w: &Self::T,
+        b: Option<&Self::T>,
+        eps: f64,
+    ) -> OpResult<Self::T> {
+        match kind {
+            Norm::LayerNorm => {
+                // burn-nn widens f16 (only) to f32 around the backend op.
+                if x.dtype() == BDType::F16 {
+                    let y = B::layer_norm(
+                        cast::<B>(x.clone(), FloatDType::F32),
+                        cast::<B>(w.clone(), FloatDType::F32),
+                        b.map(|b| cast::<B>(b.clone(), FloatDType::F32)),
+                        eps,
+                    );
+                    Ok(cast::<B>(y, FloatDType::F16))
+                } else {
+                    Ok(B::layer_norm(x.clone(), w.clone(), b.cloned(), eps))
+                }
+            }
+            Norm::RmsNorm => {
+                if b.is_some() {
+                    return Err("burn's RmsNorm has no bias".into());
+                }
+                let dtype = x.dtype();
+                let rank = x.shape().num_dims();
+                // (x.cast(F32).square().mean_dim(D - 1) + eps).sqrt(); `square`
+                // reaches the backend as `x * x` through burn-dispatch.
+                let xf = cast::<B>(x.clone(), FloatDType::F32);
+                let ms = B::float_mean_dim(B::float_mul(xf.clone(), xf), rank - 1);
+                let rms = B::float_sqrt(B::float_add_scalar(ms, float(eps)));
+                // (x / rms.cast(dtype)) * gamma.unsqueeze()
+                let y = B::float_div(x.clone(), cast::<B>(rms, dtype.into()));
+                Ok(B::float_mul(y, unsqueeze::<B>(w.clone(), rank)))
+            }
+        }
+    }
+
+    fn activation(&self, x: &Self::T, act: Activation) -> OpResult<Self::T> {
+        Ok(match act {
+            Activation::GeluErf => B::gelu(x.clone()),
+            Activation::GeluTanh => {
+                // burn_tensor::activation::gelu_approximate:
+                // inner = (x + x^3 * 0.044715) * sqrt(2/π); (x * (tanh(inner) + 1)) * 0.5
+                const SQRT_2_OVER_PI: f64 =
+                    core::f64::consts::FRAC_2_SQRT_PI * core::f64::consts::FRAC_1_SQRT_2;
+                let cube = B::float_powf_scalar(x.clone(), float(3.0));
+                let inner = B::float_add(x.clone(), B::float_mul_scalar(cube, float(0.044715)));
+                let inner = B::float_mul_scalar(inner, float(SQRT_2_OVER_PI));
+                let t = B::float_add_scalar(B::float_tanh(inner), float(1.0));
+                B::float_mul_scalar(B::float_mul(x.clone(), t), float(0.5))
+            }
+            // burn_tensor::activation::silu: x * sigmoid(x)
+            Activation::Silu => B::float_mul(x.clone(), B::sigmoid(x.clone())),
+        })
+    }
+
+    fn add(&self, a: &Self::T, b: &Self::T) -> OpResult<Self::T> {
+        let rank = a.shape().num_dims();
+        Ok(B::float_add(a.clone(), unsqueeze::<B>(b.clone(), rank)))
+    }
+
+    fn mul(&self, a: &Self::T, b: &Self::T) -> OpResult<Self::T> {
+        let rank = a.shape().num_dims();
+        Ok(B::float_mul(a.clone(), unsqueeze::<B>(b.clone(), rank)))
+    }
+
+    fn scale(&self, x: &Self::T, s: f64) -> OpResult<Self::T> {
+        Ok(B::float_mul_scalar(x.clone(), float(s)))
+    }
+
+    /// `Tensor::matmul`, including its rewrite of a batched vector-matrix
+    /// product `[…, B, 1, K] @ […, 1, K, N]` into `[…, 1, B, K] @ […]`.
+    fn matmul(&self, a: &Self::T, b: &Self::T) -> OpResult<Self::T> {
+        let (sa, sb) = (a.shape(), b.shape());
+        let d = sa.num_dims();
+        if d != sb.num_dims() || d < 2 || sa[d - 1] != sb[d - 2] {
+            return Err(format!("matmul: shapes {sa:?} and {sb:?}"));
+        }
+        if d >= 3 && sa[d - 2] == 1 && sb[d - 3] == 1 {
+            let lhs = B::float_swap_dims(a.clone(), d - 3, d - 2);
+            let out = B::float_matmul(lhs, b.clone());
+            return Ok(B::float_swap_dims(out, d - 3, d - 2));
+        }
+        Ok(B::float_matmul(a.clone(), b.clone()))
+    }
+
+    fn softmax_last(&self, x: &Self::T) -> OpResult<Self::T> {
+        let rank = x.shape().num_dims();
+        Ok(B::softmax(x.clone(), rank - 1))
+    }
+
+    fn reshape(&self, x: &Self::T, shape: &[usize]) -> OpResult<Self::T> {
+        let n: usize = shape.iter().product();
+        if n != x.shape().num_elements() {
+            return Err(format!("reshape: {:?} to {shape:?}", x.shape()));
+        }
+        Ok(B::float_reshape(x.clone(), Shape::from(shape.to_vec())))
+    }
+
+    fn transpose(&self, x: &Self::T, a: usize, b: usize) -> OpResult<Self::T> {
+        Ok(if a == b {
+            x.clone()
+        } else {
+            B::float_swap_dims(x.clone(), a, b)
+        })
+    }
+
+    /// `Tensor::narrow`: a slice with full ranges on the other dimensions.
+    fn narrow(&self, x: &Self::T, dim: usize, start: usize, len: usize) -> OpResult<Self::T> {
+        let shape = x.shape();
+        if dim >= shape.num_dims() || start + len > shape[dim] || len == 0 {
+            return Err(format!("narrow: {start}..{} of dim {dim} of {shape:?}", start + len));
+        }
+        let slices: Vec<Slice> = shape
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| Slice::from(if i == dim { start..start + len } else { 0..n }))
+            .collect();
+        Ok(B::float_slice(x.clone(), &slices))
+    }
+
+    /// `Tensor::cat`: empty tensors are left out.
+    fn cat(&self, xs: &[Self::T], dim: usize) -> OpResult<Self::T> {
+        let parts: Vec<Self::T> = xs.iter().filter(|t| t.shape()[dim] > 0).cloned().collect();
+        if parts.is_empty() {
+            return Err("cat: nothing to concatenate".into());
+        }
+        Ok(B::float_cat(parts, dim))
+    }
+
+    fn shape(&self, x: &Self::T) -> Vec<usize> {
+        x.shape().to_vec()
+    }
+
+    fn download(&self, x: &Self::T) -> OpResult<Vec<f64>> {
+        B::sync(&self.device).map_err(e)?;
+        let data = burn_backend::try_read_sync(B::float_into_data(x.clone()))
+            .ok_or("the tensor could not be read synchronously")?
+            .map_err(e)?;
+        data.try_into_vec_as::<f64>().map_err(e)
+    }
+
+    /// `ModuleOps::attention` with the additive mask turned into burn's
+    /// boolean one (`true` where the mask is -inf), expanded to
+    /// `[batch, heads, q_len, k_len]`.
+    fn fused_attention(
+        &self,
+        q: &Self::T,
+        k: &Self::T,
+        v: &Self::T,
+        mask: Option<&Self::T>,
+        scale: f64,
+    ) -> Option<OpResult<Self::T>> {
+        let (sq, sk) = (q.shape(), k.shape());
+        if sq.num_dims() != 4 || sk.num_dims() != 4 {
+            return Some(Err(format!("attention needs 4-d tensors, got {sq:?} and {sk:?}")));
+        }
+        let mask = mask.map(|m| {
+            let bool_dtype = get_or_init_device_settings::<B>(&self.device).bool_dtype;
+            let hidden = B::float_equal_elem(m.clone(), float(f64::NEG_INFINITY), bool_dtype);
+            let hidden = B::bool_reshape(hidden, Shape::new([1, 1, sq[2], sk[2]]));
+            B::bool_expand(hidden, Shape::new([sq[0], sq[1], sq[2], sk[2]]))
+        });
+        let options = AttentionModuleOptions {
+            scale: Some(scale),
+            softcap: None,
+            is_causal: false,
+        };
+        Some(Ok(B::attention(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            mask,
+            None,
+            options,
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use super::*;
+    use crate::model::{AttentionForm, DecoderSpec, ModelSpec, ResidualMlpSpec};
+    use crate::reference::Reference;
+    use crate::request::{Row, Schedule};
+    use crate::weights::{Weights, generate_input};
+
+    /// Seed weights, with norm weights and biases moved off 1 and 0 so that a
+    /// dropped or misplaced bias or scale shows.
+    fn weights(model: &ModelSpec, seed: u64) -> Weights {
+        let w = Weights::init(model, seed, 0.2);
+        let tensors: BTreeMap<String, HostTensor> = w
+            .iter()
+            .map(|(name, t)| {
+                let mut t = t.clone();
+                let is_norm = name.contains("norm");
+                if name.ends_with(".bias") || is_norm {
+                    for (i, v) in t.data.iter_mut().enumerate() {
+                        *v += 0.1 * ((i as f32) * 0.7 + name.len() as f32).sin();
+                    }
+                }
+                (name.clone(), t)
+            })
+            .collect();
+        Weights::from_tensors(model, tensors, Path::new("test")).expect("weights")
+    }
+
+    fn mlp(activation: Activation, norm: Norm) -> ModelSpec {
+        ModelSpec::ResidualMlp(ResidualMlpSpec {
+            layers: 2,
+            dim: 8,
+            hidden: 12,
+            activation,
+            norm,
+            eps: 1e-5,
+            residual: true,
+        })
+    }
+
+    fn decoder(rope_theta: Option<f64>, attention: AttentionForm, norm: Norm) -> ModelSpec {
+        ModelSpec::Decoder(DecoderSpec {
+            layers: 2,
+            dim: 8,
+            heads: 2,
+            hidden: 16,
+            activation: Activation::GeluErf,
+            norm,
+            eps: 1e-5,
+            rope_theta,
+            attention,
+        })
+    }
+
+    const OBSERVED: [Row; 3] = [
+        Row { batch: 1, pos: 3 },
+        Row { batch: 1, pos: 4 },
+        Row { batch: 1, pos: 5 },
+    ];
+
+    fn run(
+        backend: &dyn Backend,
+        model: &ModelSpec,
+        schedule: &Schedule,
+        dtype: DType,
+    ) -> Result<Checkpoints, BackendError> {
+        let w = weights(model, 7);
+        let input = generate_input(2, 6, model.dim(), 11);
+        backend.run(&RunRequest {
+            model,
+            weights: &w,
+            input: &input,
+            dtype,
+            schedule,
+            observed: &OBSERVED,
+            threads: None,
+        })
+    }
+
+    /// Max |Δ| against the f64 oracle after each layer.
+    fn drift(backend: &dyn Backend, model: &ModelSpec, schedule: &Schedule, dtype: DType) -> Vec<f64> {
+        let got = run(backend, model, schedule, dtype).expect("backend run");
+        let want = run(&Reference, model, schedule, DType::F64).expect("oracle run");
+        assert_eq!((got.dim, got.rows, got.layers.len()), (want.dim, want.rows, want.layers.len()));
+        got.layers
+            .iter()
+            .zip(&want.layers)
+            .map(|(g, w)| {
+                assert_eq!(g.len(), w.len());
+                g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max)
+            })
+            .collect()
+    }
+
+    fn check(model: &ModelSpec, schedule: &Schedule, dtype: DType, tol: f64, what: &str) {
+        for b in backends() {
+            let d = drift(b.as_ref(), model, schedule, dtype);
+            println!("{} {what} {dtype}: max |Δ| per layer {d:?}", b.info().id());
+            assert!(d.iter().all(|&x| x < tol), "{} {what}: {d:?} ≥ {tol}", b.info().id());
+        }
+    }
+
+    #[test]
+    fn identities() {
+        let ids: Vec<_> = backends().iter().map(|b| b.info().id()).collect();
+        assert_eq!(ids, ["burn-flex-cpu", "burn-ndarray-cpu"]);
+        for b in backends() {
+            let info = b.info();
+            println!("{info:?}");
+            assert!(info.version.starts_with(info.name) && !info.version.ends_with("unknown"));
+            assert!(info.threads >= 1);
+            assert!(b.available().is_ok());
+        }
+    }
+
+    #[test]
+    fn residual_mlp_matches_oracle() {
+        for act in [Activation::GeluErf, Activation::GeluTanh, Activation::Silu] {
+            for norm in [Norm::LayerNorm, Norm::RmsNorm] {
+                let what = format!("mlp {} {}", act.name(), norm.name());
+                check(&mlp(act, norm), &Schedule::Full, DType::F32, 1e-5, &what);
+            }
+        }
+    }
+
+    #[test]
+    fn decoder_matches_oracle() {
+        for rope in [Some(10000.0), None] {
+            for attention in [AttentionForm::Manual, AttentionForm::Fused] {
+                for (name, schedule) in [("full", Schedule::Full), ("kv_cache", Schedule::kv_cache(3, 6))] {
+                    let what = format!("decoder rope={rope:?} {} {name}", attention.name());
+                    check(&decoder(rope, attention, Norm::LayerNorm), &schedule, DType::F32, 1e-5, &what);
+                }
+            }
+        }
+        let what = "decoder rms_norm kv_cache";
+        let model = decoder(Some(10000.0), AttentionForm::Manual, Norm::RmsNorm);
+        check(&model, &Schedule::kv_cache(3, 6), DType::F32, 1e-5, what);
+    }
+
+    #[test]
+    fn runs_are_bitwise_deterministic() {
+        let models = [
+            (mlp(Activation::GeluErf, Norm::LayerNorm), Schedule::Full),
+            (decoder(Some(10000.0), AttentionForm::Manual, Norm::LayerNorm), Schedule::kv_cache(3, 6)),
+            (decoder(Some(10000.0), AttentionForm::Fused, Norm::LayerNorm), Schedule::Full),
+        ];
+        for b in backends() {
+            for (model, schedule) in &models {
+                let bits = |c: Checkpoints| -> Vec<Vec<u64>> {
+                    c.layers.iter().map(|l| l.iter().map(|v| v.to_bits()).collect()).collect()
+                };
+                let first = bits(run(b.as_ref(), model, schedule, DType::F32).expect("run"));
+                let second = bits(run(b.as_ref(), model, schedule, DType::F32).expect("run"));
+                assert_eq!(first, second, "{} {}", b.info().id(), model.kind());
+            }
+        }
+    }
+
+    #[test]
+    fn f64_matches_oracle_closely() {
+        // LayerNorm: burn's RmsNorm computes the RMS in f32 whatever the dtype.
+        check(&mlp(Activation::GeluErf, Norm::LayerNorm), &Schedule::Full, DType::F64, 1e-12, "mlp");
+        let model = decoder(Some(10000.0), AttentionForm::Fused, Norm::LayerNorm);
+        check(&model, &Schedule::kv_cache(3, 6), DType::F64, 1e-12, "decoder fused");
+    }
+
+    #[test]
+    fn half_dtypes_run_where_supported_and_decline_elsewhere() {
+        let model = decoder(Some(10000.0), AttentionForm::Manual, Norm::LayerNorm);
+        for b in backends() {
+            for dtype in [DType::F16, DType::BF16] {
+                let supported = b.supports(Capability::DType(dtype));
+                match run(b.as_ref(), &model, &Schedule::kv_cache(3, 6), dtype) {
+                    Ok(_) => {
+                        assert!(supported.is_ok());
+                        let d = drift(b.as_ref(), &model, &Schedule::kv_cache(3, 6), dtype);
+                        println!("{} decoder {dtype}: max |Δ| per layer {d:?}", b.info().id());
+                        assert!(d.iter().all(|&x| x < 0.25), "{dtype}: {d:?}");
+                    }
+                    Err(err) => {
+                        println!("{} {dtype}: {err}", b.info().id());
+                        assert!(err.is_skip() && supported.is_err(), "{err}");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! # layerdrift-backends — the execution layer of layerdrift
+//!
+//! This crate knows how to run a *model description* ([`ModelSpec`]) on a
+//! tensor library and hand back [`Checkpoints`]: the observed rows after every
+//! layer, and nothing more. It knows nothing of YAML, bounds or snapshots;
+//! that is the `layerdrift` harness's job.
+//!
+//! The pieces:
+//! - [`model`]: what to compute (`residual_mlp`, `decoder`) and the names and
+//!   shapes of its parameters (PyTorch `state_dict` names).
+//! - [`host`] and [`weights`]: host-side f32 arrays, generated once from a
+//!   seed or read from a safetensors file, handed identically to every backend.
+//! - [`request`]: one run — model, weights, input, dtype, strategy
+//!   ([`Schedule`]) and the observed rows.
+//! - [`backend`]: the narrow [`Backend`] trait and the [`registry`] of every
+//!   backend this build knows, compiled in or not.
+//! - the adapters, one module per library, each behind a cargo feature:
+//!   `candle` (default), `burn` (default: burn's `flex` and `ndarray` CPU
+//!   backends), `tch` (libtorch 2.11.0), plus the always-present f64
+//!   [`reference`] oracle.
+//!
+//! Every adapter implements the same small set of tensor operations (the
+//! crate-private `ops::Ops` trait) with its library's own kernels; the model
+//! and the KV-cache schedule are written once, in `exec`, over that trait. So
+//! the backends differ only where the libraries differ — which is what we
+//! measure.
+
+pub mod backend;
+pub mod cpu;
+pub mod dtype;
+mod exec;
+pub mod host;
+pub mod model;
+mod ops;
+pub mod reference;
+pub mod request;
+mod rng;
+pub mod weights;
+
+#[cfg(feature = "burn")]
+mod burn;
+#[cfg(feature = "candle")]
+mod candle;
+#[cfg(feature = "tch")]
+mod tch;
+
+pub use backend::{Backend, BackendError, BackendInfo, Capability, registry};
+pub use dtype::DType;
+pub use host::HostTensor;
+pub use model::{Activation, AttentionForm, DecoderSpec, ModelSpec, Norm, ResidualMlpSpec};
+pub use request::{Checkpoints, Row, RunRequest, Schedule};
+pub use weights::{Weights, WeightsError, generate_input};

@@ -1,0 +1,77 @@
+//! The tensor operations every adapter implements with its own library.
+//!
+//! The model (`exec`) is written once over this trait. Each method maps onto
+//! the library's own op — `linear` onto `Tensor::linear` in libtorch and
+//! `broadcast_matmul` in candle, `layer_norm` onto libtorch's
+//! `at::layer_norm` and candle-nn's fused kernel — so the numbers are the
+//! library's, not ours.
+
+use crate::dtype::DType;
+use crate::host::HostTensor;
+use crate::model::{Activation, Norm};
+
+/// Result of an op; the message is the library's own.
+pub(crate) type OpResult<T> = Result<T, String>;
+
+/// A library's tensor ops on one device, in one dtype.
+pub(crate) trait Ops {
+    /// The library's tensor type.
+    type T: Clone;
+    /// A linear layer's parameters, prepared in the library's preferred layout.
+    type Linear;
+
+    /// Uploads a host array, cast to `dtype`.
+    fn upload(&self, t: &HostTensor, dtype: DType) -> OpResult<Self::T>;
+    /// Prepares a linear layer from PyTorch-layout `weight [out, in]` and `bias [out]`.
+    fn prepare_linear(&self, w: &HostTensor, b: &HostTensor, dtype: DType)
+    -> OpResult<Self::Linear>;
+    /// `x @ Wᵀ + b` over the last dimension.
+    fn linear(&self, x: &Self::T, l: &Self::Linear) -> OpResult<Self::T>;
+    /// Normalisation over the last dimension (`b` is `None` for RMSNorm).
+    fn norm(
+        &self,
+        kind: Norm,
+        x: &Self::T,
+        w: &Self::T,
+        b: Option<&Self::T>,
+        eps: f64,
+    ) -> OpResult<Self::T>;
+    /// Elementwise activation.
+    fn activation(&self, x: &Self::T, act: Activation) -> OpResult<Self::T>;
+    /// Elementwise `a + b`, broadcasting `b` from the left.
+    fn add(&self, a: &Self::T, b: &Self::T) -> OpResult<Self::T>;
+    /// Elementwise `a * b`, broadcasting `b` from the left.
+    fn mul(&self, a: &Self::T, b: &Self::T) -> OpResult<Self::T>;
+    /// `x * s`.
+    fn scale(&self, x: &Self::T, s: f64) -> OpResult<Self::T>;
+    /// Batched matmul of the last two dimensions.
+    fn matmul(&self, a: &Self::T, b: &Self::T) -> OpResult<Self::T>;
+    /// Softmax over the last dimension.
+    fn softmax_last(&self, x: &Self::T) -> OpResult<Self::T>;
+    /// Reshape (copying to contiguous memory if the library needs it).
+    fn reshape(&self, x: &Self::T, shape: &[usize]) -> OpResult<Self::T>;
+    /// Swap two dimensions.
+    fn transpose(&self, x: &Self::T, a: usize, b: usize) -> OpResult<Self::T>;
+    /// `len` entries of dimension `dim` from `start`.
+    fn narrow(&self, x: &Self::T, dim: usize, start: usize, len: usize) -> OpResult<Self::T>;
+    /// Concatenation along `dim`.
+    fn cat(&self, xs: &[Self::T], dim: usize) -> OpResult<Self::T>;
+    /// Shape of `x`.
+    fn shape(&self, x: &Self::T) -> Vec<usize>;
+    /// Copies a (small) tensor to the host, synchronising the device first.
+    fn download(&self, x: &Self::T) -> OpResult<Vec<f64>>;
+
+    /// The library's fused attention over `[batch, heads, len, head_dim]`
+    /// tensors, with an additive mask `[q_len, k_len]` (0 or -inf) when some
+    /// keys must be hidden. `None`: the library has none.
+    fn fused_attention(
+        &self,
+        _q: &Self::T,
+        _k: &Self::T,
+        _v: &Self::T,
+        _mask: Option<&Self::T>,
+        _scale: f64,
+    ) -> Option<OpResult<Self::T>> {
+        None
+    }
+}

@@ -1,0 +1,89 @@
+//! One backend run: what goes in, and the checkpoints that come out.
+
+use crate::dtype::DType;
+use crate::host::HostTensor;
+use crate::model::ModelSpec;
+use crate::weights::Weights;
+
+/// One observed row: batch element `batch`, sequence position `pos`
+/// (non-negative, already resolved against the input's shape).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Row {
+    /// Batch index.
+    pub batch: usize,
+    /// Sequence position.
+    pub pos: usize,
+}
+
+/// How the input flows through the model: the order of forward passes whose
+/// union computes the observed rows.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Schedule {
+    /// The whole `[batch, seq, dim]` input in one pass, then slice the
+    /// observed rows (the seed's first strategy).
+    Full,
+    /// Only the observed rows as input, `[rows, 1, dim]` (the seed's second
+    /// strategy). Only for models whose rows are independent.
+    Rows,
+    /// Decoder only: the sequence in consecutive segments through a per-layer
+    /// K/V cache. Each `(start, end)` is one forward pass over positions
+    /// `start..end`; they tile `0..seq` in order. `kv_cache` is
+    /// `[(0, prefill), (prefill, prefill+1), …]`; `chunked` is
+    /// `[(0, c), (c, 2c), …]`.
+    Segments(Vec<(usize, usize)>),
+}
+
+impl Schedule {
+    /// Prefill the first `prefill` positions, then decode one at a time.
+    pub fn kv_cache(prefill: usize, seq: usize) -> Schedule {
+        let mut s = vec![(0, prefill)];
+        s.extend((prefill..seq).map(|t| (t, t + 1)));
+        Schedule::Segments(s)
+    }
+
+    /// The sequence in chunks of `chunk` positions (the last may be shorter).
+    pub fn chunked(chunk: usize, seq: usize) -> Schedule {
+        Schedule::Segments((0..seq).step_by(chunk).map(|s| (s, (s + chunk).min(seq))).collect())
+    }
+}
+
+/// Everything one run needs.
+#[derive(Clone, Copy, Debug)]
+pub struct RunRequest<'a> {
+    /// The model.
+    pub model: &'a ModelSpec,
+    /// Its parameters.
+    pub weights: &'a Weights,
+    /// The full `[batch, seq, dim]` input (a schedule may use part of it).
+    pub input: &'a HostTensor,
+    /// The element type to compute in.
+    pub dtype: DType,
+    /// How to compute.
+    pub schedule: &'a Schedule,
+    /// The rows to return after every layer.
+    pub observed: &'a [Row],
+    /// Intra-op threads, where the library lets a caller fix them (libtorch);
+    /// `None` = the library's own choice. Reported in [`BackendInfo::threads`].
+    ///
+    /// [`BackendInfo::threads`]: crate::BackendInfo::threads
+    pub threads: Option<usize>,
+}
+
+/// The observed rows after every layer — the only data that leaves a backend.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoints {
+    /// Width of a row.
+    pub dim: usize,
+    /// Number of observed rows.
+    pub rows: usize,
+    /// `layers[l]` holds the rows after layer `l + 1`, row-major
+    /// `[rows, dim]`, as f64 (which holds every narrower dtype exactly).
+    pub layers: Vec<Vec<f64>>,
+}
+
+impl Checkpoints {
+    /// Row `r` after layer index `l` (0-based).
+    pub fn row(&self, l: usize, r: usize) -> &[f64] {
+        &self.layers[l][r * self.dim..(r + 1) * self.dim]
+    }
+}

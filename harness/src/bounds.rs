@@ -1,0 +1,230 @@
+//! Bounds: what drift a check accepts, as plain data from the YAML.
+//!
+//! A NaN or infinite value anywhere is a violation before any bound is
+//! looked at; a bound never passes a comparison it cannot evaluate.
+
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::{DriftProfile, LayerDrift};
+
+/// Limits on per-layer metrics (each optional).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricBounds {
+    /// Max of mean |a − b|.
+    pub mean_abs: Option<f64>,
+    /// Max of max |a − b|.
+    pub max_abs: Option<f64>,
+    /// Max of the RMS difference.
+    pub rms: Option<f64>,
+    /// Max of the max relative error.
+    pub max_rel: Option<f64>,
+    /// Max ULP distance.
+    pub max_ulps: Option<u64>,
+    /// Min share of bitwise-equal elements (0..=1).
+    pub min_equal_share: Option<f64>,
+}
+
+/// A check's bounds.
+///
+/// ```yaml
+/// bounds:
+///   bitwise: true                     # every element equal at every layer
+///   every_layer: { max_abs: 1.0e-4 }  # a limit at each layer
+///   last_layer: { mean_abs: 3.0e-6 }  # a limit at the last layer only
+///   growth_exponent: 1.5              # mean_abs ≈ c·layer^p with p ≤ 1.5
+/// ```
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Bounds {
+    /// Every element bitwise equal at every layer.
+    #[serde(default)]
+    pub bitwise: bool,
+    /// Limits that hold at every layer.
+    pub every_layer: Option<MetricBounds>,
+    /// Limits that hold at the last layer.
+    pub last_layer: Option<MetricBounds>,
+    /// Max exponent of the power-law fit of mean |a − b| over layers.
+    pub growth_exponent: Option<f64>,
+}
+
+impl MetricBounds {
+    fn problems(&self, at: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for (k, v) in [
+            ("mean_abs", self.mean_abs),
+            ("max_abs", self.max_abs),
+            ("rms", self.rms),
+            ("max_rel", self.max_rel),
+            ("min_equal_share", self.min_equal_share),
+        ] {
+            if let Some(v) = v {
+                if !(v >= 0.0 && v.is_finite()) {
+                    out.push(format!("{at}.{k} must be a finite number ≥ 0, got {v}"));
+                }
+            }
+        }
+        if self.min_equal_share.is_some_and(|s| s > 1.0) {
+            out.push(format!("{at}.min_equal_share is a share between 0 and 1"));
+        }
+        out
+    }
+
+    /// Violations at one layer, as `metric value > bound` phrases.
+    fn violations(&self, d: &LayerDrift) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut over = |name: &str, value: f64, bound: Option<f64>| {
+            if let Some(b) = bound {
+                // `!(v <= b)` so that a NaN metric is a violation.
+                if !(value <= b) {
+                    out.push(format!("{name} {value:.3e} > {b:.3e}"));
+                }
+            }
+        };
+        over("mean_abs", d.mean_abs, self.mean_abs);
+        over("max_abs", d.max_abs, self.max_abs);
+        over("rms", d.rms, self.rms);
+        over("max_rel", d.max_rel, self.max_rel);
+        if let Some(b) = self.max_ulps {
+            if d.max_ulps > b {
+                out.push(format!("max_ulps {} > {b}", d.max_ulps));
+            }
+        }
+        if let Some(b) = self.min_equal_share {
+            if !(d.equal_share >= b) {
+                out.push(format!("equal_share {:.4} < {b}", d.equal_share));
+            }
+        }
+        out
+    }
+}
+
+impl Bounds {
+    /// Whether any bound is set (a check without bounds still fails on NaN/Inf).
+    pub fn is_empty(&self) -> bool {
+        *self == Bounds::default()
+    }
+
+    /// Values that make no sense (negative limits, NaN), as messages.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(b) = &self.every_layer {
+            out.extend(b.problems("every_layer"));
+        }
+        if let Some(b) = &self.last_layer {
+            out.extend(b.problems("last_layer"));
+        }
+        if let Some(g) = self.growth_exponent {
+            if !g.is_finite() {
+                out.push(format!("growth_exponent must be finite, got {g}"));
+            }
+        }
+        out
+    }
+
+    /// Every violation of these bounds by `p`, each naming the layer, the
+    /// value and the bound. NaN/Inf is always a violation.
+    ///
+    /// ```
+    /// use layerdrift::bounds::Bounds;
+    /// use layerdrift::metrics::DriftProfile;
+    /// use layerdrift_backends::{Checkpoints, DType};
+    /// let a = Checkpoints { dim: 1, rows: 1, layers: vec![vec![1.0], vec![f64::NAN]] };
+    /// let b = Checkpoints { dim: 1, rows: 1, layers: vec![vec![1.0], vec![1.0]] };
+    /// let p = DriftProfile::compare(&a, &b, DType::F32);
+    /// // No bound set at all, and the NaN still fails:
+    /// let v = Bounds::default().violations(&p);
+    /// assert!(v[0].contains("layer 2") && v[0].contains("NaN or Inf"));
+    /// ```
+    pub fn violations(&self, p: &DriftProfile) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, d) in p.layers.iter().enumerate() {
+            if d.non_finite > 0 {
+                out.push(format!(
+                    "layer {}: {} NaN or Inf values — never within bounds",
+                    i + 1,
+                    d.non_finite
+                ));
+            }
+        }
+        if !out.is_empty() {
+            return out;
+        }
+        if self.bitwise {
+            if let Some(dv) = p.first_divergence {
+                let d = &p.layers[dv.layer - 1];
+                out.push(format!(
+                    "not bitwise equal: first at observed row {} layer {} (max_abs {:.3e}, {:.2}% equal, max_ulps {})",
+                    dv.row,
+                    dv.layer,
+                    d.max_abs,
+                    100.0 * d.equal_share,
+                    d.max_ulps
+                ));
+            }
+        }
+        if let Some(b) = &self.every_layer {
+            for (i, d) in p.layers.iter().enumerate() {
+                for v in b.violations(d) {
+                    out.push(format!("layer {}: {v} (every_layer)", i + 1));
+                }
+            }
+        }
+        if let (Some(b), Some(d)) = (&self.last_layer, p.layers.last()) {
+            for v in b.violations(d) {
+                out.push(format!("layer {} (last): {v}", p.layers.len()));
+            }
+        }
+        if let Some(g) = self.growth_exponent {
+            if let Some(e) = p.growth.exponent {
+                if !(e <= g) {
+                    out.push(format!("growth exponent {e:.3} > {g}"));
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use layerdrift_backends::{Checkpoints, DType};
+
+    fn profile(diffs: &[f64]) -> DriftProfile {
+        let a = Checkpoints { dim: 1, rows: 1, layers: diffs.iter().map(|_| vec![1.0]).collect() };
+        let b = Checkpoints { dim: 1, rows: 1, layers: diffs.iter().map(|d| vec![1.0 + d]).collect() };
+        DriftProfile::compare(&a, &b, DType::F64)
+    }
+
+    #[test]
+    fn every_layer_names_the_layer() {
+        let b = Bounds { every_layer: Some(MetricBounds { max_abs: Some(1e-3), ..Default::default() }), ..Default::default() };
+        assert!(b.violations(&profile(&[1e-4, 5e-4])).is_empty());
+        let v = b.violations(&profile(&[1e-4, 2e-3]));
+        assert_eq!(v.len(), 1);
+        assert!(v[0].starts_with("layer 2: max_abs 2.000e-3 > 1.000e-3"), "{v:?}");
+    }
+
+    #[test]
+    fn bitwise_fails_on_any_difference() {
+        let b = Bounds { bitwise: true, ..Default::default() };
+        assert!(b.violations(&profile(&[0.0, 0.0])).is_empty());
+        assert!(!b.violations(&profile(&[0.0, 1e-12])).is_empty());
+    }
+
+    #[test]
+    fn growth_exponent() {
+        let b = Bounds { growth_exponent: Some(1.5), ..Default::default() };
+        let quad: Vec<f64> = (1..=10).map(|l| 1e-8 * (l * l) as f64).collect();
+        let lin: Vec<f64> = (1..=10).map(|l| 1e-8 * l as f64).collect();
+        assert!(b.violations(&profile(&lin)).is_empty());
+        assert!(b.violations(&profile(&quad))[0].contains("growth exponent 2.0"));
+    }
+
+    #[test]
+    fn negative_bound_is_a_problem() {
+        let b = Bounds { every_layer: Some(MetricBounds { max_abs: Some(-1.0), ..Default::default() }), ..Default::default() };
+        assert_eq!(b.problems().len(), 1);
+    }
+}

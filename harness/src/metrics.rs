@@ -1,0 +1,241 @@
+//! Per-layer drift metrics between two sets of checkpoints.
+//!
+//! Everything here works on the observed rows only. Non-finite values are
+//! found first and reported with their layer; they never enter an average.
+
+use layerdrift_backends::{Checkpoints, DType};
+use serde::Serialize;
+
+/// The drift between two runs at one layer, over every observed element.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LayerDrift {
+    /// Mean |a − b| — the seed's metric.
+    pub mean_abs: f64,
+    /// Max |a − b|.
+    pub max_abs: f64,
+    /// sqrt(mean (a − b)²).
+    pub rms: f64,
+    /// Max |a − b| / max(|a|, |b|) over elements where that is non-zero.
+    pub max_rel: f64,
+    /// Max distance in units in the last place of the run's dtype.
+    pub max_ulps: u64,
+    /// Share of elements that are bitwise equal (0..=1).
+    pub equal_share: f64,
+    /// Elements where either side is NaN or ±Inf.
+    pub non_finite: usize,
+}
+
+impl LayerDrift {
+    /// Whether every element is bitwise equal and finite.
+    pub fn bitwise(&self) -> bool {
+        self.non_finite == 0 && self.equal_share == 1.0
+    }
+}
+
+/// Power-law and linear fits of mean |a − b| over layers.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Growth {
+    /// Least-squares slope of mean |a − b| against the layer number (1-based).
+    pub slope: f64,
+    /// `p` of the fit `mean_abs ≈ c · layer^p` over layers with non-zero
+    /// drift; `None` with fewer than two such layers (e.g. bitwise equal).
+    pub exponent: Option<f64>,
+}
+
+/// Where two runs first stop being bitwise equal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Divergence {
+    /// Index of the observed row (position order), 0-based.
+    pub row: usize,
+    /// Layer, 1-based.
+    pub layer: usize,
+}
+
+/// The drift between two runs, layer by layer.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DriftProfile {
+    /// `layers[l]` is the drift after layer `l + 1`.
+    pub layers: Vec<LayerDrift>,
+    /// Fits over the layers.
+    pub growth: Growth,
+    /// The first observed row (in order) and, within it, the first layer
+    /// where the runs are not bitwise equal; `None` if they never differ.
+    pub first_divergence: Option<Divergence>,
+    /// Mean |a − b| per layer at the last observed row alone (for a decoder:
+    /// the last decoded position); `None` with a single observed row.
+    pub last_row_mean_abs: Option<Vec<f64>>,
+}
+
+impl DriftProfile {
+    /// Compares `a` with `b`, computing ULPs in `dtype`.
+    ///
+    /// ```
+    /// use layerdrift::metrics::DriftProfile;
+    /// use layerdrift_backends::{Checkpoints, DType};
+    /// let a = Checkpoints { dim: 2, rows: 1, layers: vec![vec![1.0, 2.0], vec![1.0, 4.0]] };
+    /// let b = Checkpoints { dim: 2, rows: 1, layers: vec![vec![1.0, 2.0], vec![1.5, 4.0]] };
+    /// let p = DriftProfile::compare(&a, &b, DType::F32);
+    /// assert!(p.layers[0].bitwise());
+    /// assert_eq!(p.layers[1].max_abs, 0.5);
+    /// assert_eq!(p.layers[1].mean_abs, 0.25);
+    /// assert_eq!(p.layers[1].equal_share, 0.5);
+    /// assert_eq!(p.first_divergence.map(|d| d.layer), Some(2));
+    /// ```
+    ///
+    /// # Panics
+    /// If the two checkpoint sets have different shapes (a harness bug).
+    pub fn compare(a: &Checkpoints, b: &Checkpoints, dtype: DType) -> DriftProfile {
+        assert_eq!(
+            (a.dim, a.rows, a.layers.len()),
+            (b.dim, b.rows, b.layers.len()),
+            "checkpoints of different shapes"
+        );
+        let layers: Vec<LayerDrift> = a
+            .layers
+            .iter()
+            .zip(&b.layers)
+            .map(|(x, y)| layer_drift(x, y, dtype))
+            .collect();
+        let mut first_divergence = None;
+        'rows: for r in 0..a.rows {
+            for l in 0..a.layers.len() {
+                let differs = a.row(l, r).iter().zip(b.row(l, r)).any(|(x, y)| x.to_bits() != y.to_bits());
+                if differs {
+                    first_divergence = Some(Divergence { row: r, layer: l + 1 });
+                    break 'rows;
+                }
+            }
+        }
+        let last_row_mean_abs = (a.rows > 1).then(|| {
+            (0..a.layers.len())
+                .map(|l| {
+                    let (x, y) = (a.row(l, a.rows - 1), b.row(l, a.rows - 1));
+                    x.iter().zip(y).map(|(p, q)| (p - q).abs()).sum::<f64>() / a.dim as f64
+                })
+                .collect()
+        });
+        let growth = growth(&layers.iter().map(|l| l.mean_abs).collect::<Vec<_>>());
+        DriftProfile {
+            layers,
+            growth,
+            first_divergence,
+            last_row_mean_abs,
+        }
+    }
+
+    /// The first layer (1-based) with a NaN or infinite value, if any.
+    pub fn first_non_finite(&self) -> Option<usize> {
+        self.layers.iter().position(|l| l.non_finite > 0).map(|i| i + 1)
+    }
+}
+
+fn layer_drift(a: &[f64], b: &[f64], dtype: DType) -> LayerDrift {
+    let mut non_finite = 0;
+    let (mut sum, mut sq, mut max_abs, mut max_rel) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+    let (mut max_ulps, mut equal, mut n) = (0u64, 0usize, 0usize);
+    for (&x, &y) in a.iter().zip(b) {
+        if !x.is_finite() || !y.is_finite() {
+            non_finite += 1;
+            continue;
+        }
+        n += 1;
+        if x.to_bits() == y.to_bits() {
+            equal += 1;
+            continue;
+        }
+        let d = (x - y).abs();
+        sum += d;
+        sq += d * d;
+        max_abs = max_abs.max(d);
+        let scale = x.abs().max(y.abs());
+        if scale > 0.0 {
+            max_rel = max_rel.max(d / scale);
+        }
+        max_ulps = max_ulps.max(dtype.ulps(x, y).unwrap_or(u64::MAX));
+    }
+    let total = a.len().max(1) as f64;
+    let nf = n.max(1) as f64;
+    LayerDrift {
+        mean_abs: sum / nf,
+        max_abs,
+        rms: (sq / nf).sqrt(),
+        max_rel,
+        max_ulps,
+        // Non-finite elements never count as equal.
+        equal_share: equal as f64 / total,
+        non_finite,
+    }
+}
+
+fn growth(mean_abs: &[f64]) -> Growth {
+    let n = mean_abs.len() as f64;
+    let xs: Vec<f64> = (1..=mean_abs.len()).map(|l| l as f64).collect();
+    let slope = if mean_abs.len() < 2 {
+        0.0
+    } else {
+        let mx = xs.iter().sum::<f64>() / n;
+        let my = mean_abs.iter().sum::<f64>() / n;
+        let cov: f64 = xs.iter().zip(mean_abs).map(|(x, y)| (x - mx) * (y - my)).sum();
+        let var: f64 = xs.iter().map(|x| (x - mx) * (x - mx)).sum();
+        cov / var
+    };
+    let pts: Vec<(f64, f64)> = xs
+        .iter()
+        .zip(mean_abs)
+        .filter(|(_, y)| **y > 0.0 && y.is_finite())
+        .map(|(x, y)| (x.ln(), y.ln()))
+        .collect();
+    let exponent = (pts.len() >= 2).then(|| {
+        let k = pts.len() as f64;
+        let mx = pts.iter().map(|p| p.0).sum::<f64>() / k;
+        let my = pts.iter().map(|p| p.1).sum::<f64>() / k;
+        let cov: f64 = pts.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
+        let var: f64 = pts.iter().map(|(x, _)| (x - mx) * (x - mx)).sum();
+        cov / var
+    });
+    Growth { slope, exponent }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ck(layers: Vec<Vec<f64>>) -> Checkpoints {
+        Checkpoints { dim: layers[0].len(), rows: 1, layers }
+    }
+
+    #[test]
+    fn linear_growth_has_exponent_one() {
+        let a = ck((1..=20).map(|_| vec![1.0; 4]).collect());
+        let b = ck((1..=20).map(|l| vec![1.0 + 1e-7 * l as f64; 4]).collect());
+        let p = DriftProfile::compare(&a, &b, DType::F64);
+        let e = p.growth.exponent.unwrap();
+        assert!((e - 1.0).abs() < 1e-3, "{e}");
+        assert!((p.growth.slope - 1e-7).abs() < 1e-10);
+    }
+
+    #[test]
+    fn nan_is_counted_never_equal() {
+        let a = ck(vec![vec![f64::NAN, 1.0]]);
+        let p = DriftProfile::compare(&a, &a, DType::F32);
+        assert_eq!(p.layers[0].non_finite, 1);
+        assert!(!p.layers[0].bitwise());
+        assert_eq!(p.first_non_finite(), Some(1));
+    }
+
+    #[test]
+    fn ulps_in_run_dtype() {
+        let x = 1.0f32;
+        let y = f32::from_bits(x.to_bits() + 3);
+        let p = DriftProfile::compare(&ck(vec![vec![x as f64]]), &ck(vec![vec![y as f64]]), DType::F32);
+        assert_eq!(p.layers[0].max_ulps, 3);
+    }
+
+    #[test]
+    fn bitwise_equal_has_no_exponent() {
+        let a = ck(vec![vec![1.0], vec![2.0]]);
+        let p = DriftProfile::compare(&a, &a, DType::F32);
+        assert_eq!(p.growth.exponent, None);
+        assert_eq!(p.first_divergence, None);
+    }
+}

@@ -1,0 +1,214 @@
+//! Runs and their memo: every (scenario, variant, backend, strategy) is run
+//! at most once per process, and only one backend run happens at a time.
+//!
+//! Under `cargo test` all trials share one [`Session`], so the checks of one
+//! scenario never repeat a forward pass; under cargo-nextest (a process per
+//! trial) a trial computes only the runs its own check compares.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use layerdrift_backends::weights::read_safetensors;
+use layerdrift_backends::{
+    Backend, BackendError, BackendInfo, Checkpoints, HostTensor, RunRequest, Weights, generate_input,
+};
+
+use crate::scenario::{InputSource, Scenario, WeightSource};
+
+/// One finished backend run.
+#[derive(Debug)]
+pub struct Run {
+    /// The observed rows after every layer.
+    pub checkpoints: Checkpoints,
+    /// Wall time of the backend call (weights upload included).
+    pub wall: Duration,
+    /// Who ran it.
+    pub info: BackendInfo,
+}
+
+/// Why a run produced nothing.
+#[derive(Clone, Debug)]
+pub enum RunError {
+    /// It cannot run here (backend not compiled in, no device, unsupported
+    /// dtype or op): an ignored trial with this reason.
+    Skip(String),
+    /// It failed: a failed trial with this message.
+    Fail(String),
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunError::Skip(s) | RunError::Fail(s) => f.write_str(s),
+        }
+    }
+}
+
+type Slot<T> = Arc<OnceLock<T>>;
+
+/// A process's backends and its memo of runs.
+pub struct Session {
+    backends: Vec<Arc<dyn Backend>>,
+    runs: Mutex<HashMap<String, Slot<Result<Arc<Run>, RunError>>>>,
+    weights: Mutex<HashMap<String, Slot<Result<Arc<Weights>, String>>>>,
+    inputs: Mutex<HashMap<String, Slot<Result<Arc<HostTensor>, String>>>>,
+    /// One backend run at a time: runs are multi-threaded already, and a GPU
+    /// must not run two heavy trials at once.
+    gate: Mutex<()>,
+}
+
+/// The id of the f64 oracle.
+pub const ORACLE: &str = "reference-cpu";
+
+fn slot<T>(map: &Mutex<HashMap<String, Slot<T>>>, key: String) -> Slot<T> {
+    map.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default().clone()
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Session::new()
+    }
+}
+
+impl Session {
+    /// A session over every backend this build knows.
+    pub fn new() -> Session {
+        Session {
+            backends: layerdrift_backends::registry().into_iter().map(Arc::from).collect(),
+            runs: Mutex::default(),
+            weights: Mutex::default(),
+            inputs: Mutex::default(),
+            gate: Mutex::new(()),
+        }
+    }
+
+    /// Every backend, in registry order.
+    pub fn backends(&self) -> &[Arc<dyn Backend>] {
+        &self.backends
+    }
+
+    /// The distinct backend names this build knows (compiled in or not).
+    pub fn known_names(&self) -> Vec<&'static str> {
+        let mut v: Vec<&'static str> = Vec::new();
+        for b in &self.backends {
+            let n = b.info().name;
+            if !v.contains(&n) {
+                v.push(n);
+            }
+        }
+        v
+    }
+
+    /// The backend with id `id` (`candle-cpu`).
+    pub fn backend(&self, id: &str) -> Option<&Arc<dyn Backend>> {
+        self.backends.iter().find(|b| b.info().id() == id)
+    }
+
+    /// The backends a scenario runs (its names × devices, in registry order),
+    /// without the oracle.
+    pub fn scenario_backends(&self, s: &Scenario) -> Vec<Arc<dyn Backend>> {
+        self.backends
+            .iter()
+            .filter(|b| {
+                let i = b.info();
+                i.name != "reference"
+                    && s.backends.iter().any(|n| n == i.name)
+                    && s.devices.iter().any(|d| d == i.device)
+            })
+            .cloned()
+            .collect()
+    }
+
+    fn weights(&self, s: &Scenario, v: usize) -> Result<Arc<Weights>, String> {
+        let model = &s.variants[v].model;
+        let shapes: Vec<_> = model.parameters().into_iter().map(|p| (p.name, p.shape)).collect();
+        let key = format!("{:?}{:?}", s.weights, shapes);
+        slot(&self.weights, key)
+            .get_or_init(|| {
+                match &s.weights {
+                    WeightSource::Init { seed, std } => Ok(Weights::init(model, *seed, *std)),
+                    WeightSource::File(f) => Weights::load(model, f).map_err(|e| e.to_string()),
+                }
+                .map(Arc::new)
+            })
+            .clone()
+    }
+
+    fn input(&self, s: &Scenario, v: usize) -> Result<Arc<HostTensor>, String> {
+        let var = &s.variants[v];
+        let dim = var.model.dim();
+        let key = format!("{:?}/{}/{}/{dim}", s.input, var.batch, var.seq);
+        slot(&self.inputs, key)
+            .get_or_init(|| match &s.input {
+                InputSource::Seed(seed) => Ok(Arc::new(generate_input(var.batch, var.seq, dim, *seed))),
+                InputSource::File { path, tensor } => read_safetensors(path)
+                    .map_err(|e| e.to_string())?
+                    .remove(tensor)
+                    .map(Arc::new)
+                    .ok_or_else(|| format!("{}: no tensor `{tensor}`", path.display())),
+            })
+            .clone()
+    }
+
+    /// Why `backend` cannot run variant `v` of `s` with `strategy`, if it cannot.
+    pub fn skip_reason(&self, s: &Scenario, v: usize, backend: &str, strategy: &str) -> Option<String> {
+        let Some(b) = self.backend(backend) else {
+            return Some(format!("no backend `{backend}` in this build"));
+        };
+        let var = &s.variants[v];
+        let st = s.strategy(strategy)?;
+        match b.can_run(&var.model, var.dtype, &st.schedule(var.seq)) {
+            Err(e) if e.is_skip() => Some(e.to_string()),
+            _ => None,
+        }
+    }
+
+    /// Runs (or recalls) variant `v` of `s` on `backend` with `strategy`.
+    pub fn run(&self, s: &Scenario, v: usize, backend: &str, strategy: &str) -> Result<Arc<Run>, RunError> {
+        let key = format!("{}#{v}#{backend}#{strategy}", s.path.display());
+        slot(&self.runs, key)
+            .get_or_init(|| self.execute(s, v, backend, strategy))
+            .clone()
+    }
+
+    fn execute(&self, s: &Scenario, v: usize, backend: &str, strategy: &str) -> Result<Arc<Run>, RunError> {
+        let b = self
+            .backend(backend)
+            .ok_or_else(|| RunError::Skip(format!("no backend `{backend}` in this build")))?;
+        let var = &s.variants[v];
+        let st = s
+            .strategy(strategy)
+            .ok_or_else(|| RunError::Fail(format!("no strategy `{strategy}`")))?;
+        let weights = self.weights(s, v).map_err(RunError::Fail)?;
+        let input = self.input(s, v).map_err(RunError::Fail)?;
+        let schedule = st.schedule(var.seq);
+        let req = RunRequest {
+            model: &var.model,
+            weights: &weights,
+            input: &input,
+            dtype: var.dtype,
+            schedule: &schedule,
+            observed: &var.observed,
+            threads: s.threads,
+        };
+        b.check(&req).map_err(to_run_error)?;
+        let _guard = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        let start = Instant::now();
+        let checkpoints = b.run(&req).map_err(to_run_error)?;
+        let wall = start.elapsed();
+        Ok(Arc::new(Run {
+            checkpoints,
+            wall,
+            info: b.info(),
+        }))
+    }
+}
+
+fn to_run_error(e: BackendError) -> RunError {
+    if e.is_skip() {
+        RunError::Skip(e.to_string())
+    } else {
+        RunError::Fail(e.to_string())
+    }
+}
