@@ -49,10 +49,10 @@ fn libtorch_lib(workspace: &Path) -> Option<PathBuf> {
     if let Some(d) = env::var_os("LAYERDRIFT_LIBTORCH_LIB").map(PathBuf::from) {
         return has_lib(&d).then_some(d);
     }
-    if let Some(d) = env::var_os("LIBTORCH").map(|t| PathBuf::from(t).join("lib")) {
-        if has_lib(&d) {
-            return Some(d);
-        }
+    if let Some(d) = env::var_os("LIBTORCH").map(|t| PathBuf::from(t).join("lib"))
+        && has_lib(&d)
+    {
+        return Some(d);
     }
     let mut found: Vec<PathBuf> = std::fs::read_dir(workspace.join(".venv/lib"))
         .ok()?

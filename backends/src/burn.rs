@@ -4,9 +4,10 @@
 //! # Why `burn-backend` and not `burn`
 //!
 //! The `burn` crate (and `burn-tensor`, `burn-core`, `burn-nn`) depends on
-//! `burn-dispatch`, whose *optional* dependency `burn-tch` declares
-//! `links = "tch"`. Cargo checks `links` conflicts across optional
-//! dependencies too, so that graph cannot resolve next to our `tch` 0.24. The
+//! `burn-dispatch`, whose *optional* dependency `burn-tch` brings its own
+//! `tch`/`torch-sys`, and `torch-sys` declares `links = "tch"`. Cargo checks
+//! `links` conflicts across optional dependencies too, so that graph cannot
+//! resolve next to our `tch` 0.24. The
 //! adapter therefore drives the backends through the layer burn's `Tensor`
 //! API delegates to: the [`burn_backend::Backend`] trait and its op traits
 //! (`FloatTensorOps`, `ActivationOps`, `ModuleOps`, …), e.g.
@@ -65,7 +66,10 @@ use crate::request::{Checkpoints, RunRequest};
 /// The burn backends this build has: `burn-flex-cpu`, `burn-ndarray-cpu`.
 #[allow(deprecated)]
 pub(crate) fn backends() -> Vec<Box<dyn Backend>> {
-    vec![Box::new(Burn::<Flex>::new()), Box::new(Burn::<NdArray>::new())]
+    vec![
+        Box::new(Burn::<Flex>::new()),
+        Box::new(Burn::<NdArray>::new()),
+    ]
 }
 
 /// What differs between the burn CPU backends besides their ops.
@@ -109,7 +113,11 @@ impl CpuBackend for NdArray {
 /// `RAYON_RS_NUM_CPUS`, then the available parallelism.
 fn rayon_global_threads() -> usize {
     let default = || std::thread::available_parallelism().map_or(1, |n| n.get());
-    let var = |name| std::env::var(name).ok().and_then(|s| s.parse::<usize>().ok());
+    let var = |name| {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse::<usize>().ok())
+    };
     match var("RAYON_NUM_THREADS") {
         Some(0) => return default(),
         Some(n) => return n,
@@ -152,7 +160,11 @@ fn physical_cores() -> usize {
             _ => {}
         }
     }
-    if cores.is_empty() { logical() } else { cores.len() }
+    if cores.is_empty() {
+        logical()
+    } else {
+        cores.len()
+    }
 }
 
 /// One burn backend on its (only) CPU device.
@@ -193,7 +205,10 @@ impl<B: CpuBackend> Backend for Burn<B> {
                 if B::supports_dtype(&B::Device::default(), burn_dtype(d)) {
                     Ok(())
                 } else {
-                    Err(format!("{}-cpu does not compute in {d} (burn reports no arithmetic support for it)", B::NAME))
+                    Err(format!(
+                        "{}-cpu does not compute in {d} (burn reports no arithmetic support for it)",
+                        B::NAME
+                    ))
                 }
             }
             Capability::FusedAttention => Ok(()),
@@ -212,7 +227,10 @@ impl<B: CpuBackend> Backend for Burn<B> {
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "the library panicked".into());
-            Err(BackendError::Library { backend: id, message })
+            Err(BackendError::Library {
+                backend: id,
+                message,
+            })
         })
     }
 }
@@ -272,7 +290,12 @@ impl<B: BurnBackend> Ops for BurnOps<B> {
         Ok(B::float_from_data(data, &self.device))
     }
 
-    fn prepare_linear(&self, w: &HostTensor, b: &HostTensor, dtype: DType) -> OpResult<Self::Linear> {
+    fn prepare_linear(
+        &self,
+        w: &HostTensor,
+        b: &HostTensor,
+        dtype: DType,
+    ) -> OpResult<Self::Linear> {
         let [out, inp] = w.shape[..] else {
             return Err(format!("linear weight must be 2-d, got {:?}", w.shape));
         };
@@ -407,7 +430,10 @@ impl<B: BurnBackend> Ops for BurnOps<B> {
     fn narrow(&self, x: &Self::T, dim: usize, start: usize, len: usize) -> OpResult<Self::T> {
         let shape = x.shape();
         if dim >= shape.num_dims() || start + len > shape[dim] || len == 0 {
-            return Err(format!("narrow: {start}..{} of dim {dim} of {shape:?}", start + len));
+            return Err(format!(
+                "narrow: {start}..{} of dim {dim} of {shape:?}",
+                start + len
+            ));
         }
         let slices: Vec<Slice> = shape
             .iter()
@@ -451,7 +477,9 @@ impl<B: BurnBackend> Ops for BurnOps<B> {
     ) -> Option<OpResult<Self::T>> {
         let (sq, sk) = (q.shape(), k.shape());
         if sq.num_dims() != 4 || sk.num_dims() != 4 {
-            return Some(Err(format!("attention needs 4-d tensors, got {sq:?} and {sk:?}")));
+            return Some(Err(format!(
+                "attention needs 4-d tensors, got {sq:?} and {sk:?}"
+            )));
         }
         let mask = mask.map(|m| {
             let bool_dtype = get_or_init_device_settings::<B>(&self.device).bool_dtype;
@@ -558,16 +586,27 @@ mod tests {
     }
 
     /// Max |Δ| against the f64 oracle after each layer.
-    fn drift(backend: &dyn Backend, model: &ModelSpec, schedule: &Schedule, dtype: DType) -> Vec<f64> {
+    fn drift(
+        backend: &dyn Backend,
+        model: &ModelSpec,
+        schedule: &Schedule,
+        dtype: DType,
+    ) -> Vec<f64> {
         let got = run(backend, model, schedule, dtype).expect("backend run");
         let want = run(&Reference, model, schedule, DType::F64).expect("oracle run");
-        assert_eq!((got.dim, got.rows, got.layers.len()), (want.dim, want.rows, want.layers.len()));
+        assert_eq!(
+            (got.dim, got.rows, got.layers.len()),
+            (want.dim, want.rows, want.layers.len())
+        );
         got.layers
             .iter()
             .zip(&want.layers)
             .map(|(g, w)| {
                 assert_eq!(g.len(), w.len());
-                g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max)
+                g.iter()
+                    .zip(w)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f64::max)
             })
             .collect()
     }
@@ -576,7 +615,11 @@ mod tests {
         for b in backends() {
             let d = drift(b.as_ref(), model, schedule, dtype);
             println!("{} {what} {dtype}: max |Δ| per layer {d:?}", b.info().id());
-            assert!(d.iter().all(|&x| x < tol), "{} {what}: {d:?} ≥ {tol}", b.info().id());
+            assert!(
+                d.iter().all(|&x| x < tol),
+                "{} {what}: {d:?} ≥ {tol}",
+                b.info().id()
+            );
         }
     }
 
@@ -607,9 +650,18 @@ mod tests {
     fn decoder_matches_oracle() {
         for rope in [Some(10000.0), None] {
             for attention in [AttentionForm::Manual, AttentionForm::Fused] {
-                for (name, schedule) in [("full", Schedule::Full), ("kv_cache", Schedule::kv_cache(3, 6))] {
+                for (name, schedule) in [
+                    ("full", Schedule::Full),
+                    ("kv_cache", Schedule::kv_cache(3, 6)),
+                ] {
                     let what = format!("decoder rope={rope:?} {} {name}", attention.name());
-                    check(&decoder(rope, attention, Norm::LayerNorm), &schedule, DType::F32, 1e-5, &what);
+                    check(
+                        &decoder(rope, attention, Norm::LayerNorm),
+                        &schedule,
+                        DType::F32,
+                        1e-5,
+                        &what,
+                    );
                 }
             }
         }
@@ -622,13 +674,22 @@ mod tests {
     fn runs_are_bitwise_deterministic() {
         let models = [
             (mlp(Activation::GeluErf, Norm::LayerNorm), Schedule::Full),
-            (decoder(Some(10000.0), AttentionForm::Manual, Norm::LayerNorm), Schedule::kv_cache(3, 6)),
-            (decoder(Some(10000.0), AttentionForm::Fused, Norm::LayerNorm), Schedule::Full),
+            (
+                decoder(Some(10000.0), AttentionForm::Manual, Norm::LayerNorm),
+                Schedule::kv_cache(3, 6),
+            ),
+            (
+                decoder(Some(10000.0), AttentionForm::Fused, Norm::LayerNorm),
+                Schedule::Full,
+            ),
         ];
         for b in backends() {
             for (model, schedule) in &models {
                 let bits = |c: Checkpoints| -> Vec<Vec<u64>> {
-                    c.layers.iter().map(|l| l.iter().map(|v| v.to_bits()).collect()).collect()
+                    c.layers
+                        .iter()
+                        .map(|l| l.iter().map(|v| v.to_bits()).collect())
+                        .collect()
                 };
                 let first = bits(run(b.as_ref(), model, schedule, DType::F32).expect("run"));
                 let second = bits(run(b.as_ref(), model, schedule, DType::F32).expect("run"));
@@ -640,9 +701,21 @@ mod tests {
     #[test]
     fn f64_matches_oracle_closely() {
         // LayerNorm: burn's RmsNorm computes the RMS in f32 whatever the dtype.
-        check(&mlp(Activation::GeluErf, Norm::LayerNorm), &Schedule::Full, DType::F64, 1e-12, "mlp");
+        check(
+            &mlp(Activation::GeluErf, Norm::LayerNorm),
+            &Schedule::Full,
+            DType::F64,
+            1e-12,
+            "mlp",
+        );
         let model = decoder(Some(10000.0), AttentionForm::Fused, Norm::LayerNorm);
-        check(&model, &Schedule::kv_cache(3, 6), DType::F64, 1e-12, "decoder fused");
+        check(
+            &model,
+            &Schedule::kv_cache(3, 6),
+            DType::F64,
+            1e-12,
+            "decoder fused",
+        );
     }
 
     #[test]

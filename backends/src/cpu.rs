@@ -30,3 +30,9 @@ pub fn simd_level() -> &'static str {
 pub fn describe() -> String {
     format!("{} {}", std::env::consts::ARCH, simd_level())
 }
+
+/// A file-name-safe class of machines whose float results should agree:
+/// `x86_64-avx2-fma`, `x86_64-avx512f`, `aarch64-neon`.
+pub fn class() -> String {
+    format!("{}-{}", std::env::consts::ARCH, simd_level().replace('+', "-"))
+}

@@ -27,7 +27,7 @@ pub struct PathIndex {
 }
 
 enum Frame {
-    Map { path: String, key: Option<String> },
+    Map { path: String, key: Option<(String, Pos)> },
     Seq { path: String, next: usize },
 }
 
@@ -45,13 +45,14 @@ fn join(path: &str, key: &str) -> String {
 }
 
 impl Walker {
-    /// The path of the value that starts now, advancing the parent.
-    fn value_path(&mut self) -> Option<String> {
+    /// The path of the value that starts now and, in a mapping, where its
+    /// key is; advances the parent.
+    fn value_path(&mut self) -> Option<(String, Option<Pos>)> {
         match self.stack.last_mut()? {
-            Frame::Map { path, key } => key.take().map(|k| join(path, &k)),
+            Frame::Map { path, key } => key.take().map(|(k, at)| (join(path, &k), Some(at))),
             Frame::Seq { path, next } => {
                 *next += 1;
-                Some(format!("{path}[{}]", *next - 1))
+                Some((format!("{path}[{}]", *next - 1), None))
             }
         }
     }
@@ -67,24 +68,25 @@ impl MarkedEventReceiver for Walker {
             Event::Scalar(value, ..) => {
                 if let Some(Frame::Map { key, .. }) = self.stack.last_mut() {
                     if key.is_none() {
-                        *key = Some(value);
+                        *key = Some((value, pos));
                         return;
                     }
                 }
-                if let Some(p) = self.value_path() {
+                if let Some((p, _)) = self.value_path() {
                     self.map.entry(p).or_insert(pos);
                 }
             }
             Event::MappingStart(..) | Event::SequenceStart(..) => {
                 let is_map = matches!(ev, Event::MappingStart(..));
-                let path = if self.stack.is_empty() {
-                    Some(String::new())
+                // A nested mapping or list is located at its key (`model:`),
+                // a list item at its first character.
+                let (path, key_at) = if self.stack.is_empty() {
+                    (String::new(), None)
                 } else {
-                    self.value_path()
+                    self.value_path().unwrap_or_default()
                 };
-                let path = path.unwrap_or_default();
                 if !path.is_empty() {
-                    self.map.entry(path.clone()).or_insert(pos);
+                    self.map.entry(path.clone()).or_insert(key_at.unwrap_or(pos));
                 }
                 self.stack.push(if is_map {
                     Frame::Map { path, key: None }
@@ -145,7 +147,8 @@ mod tests {
             ix.find("checks[0].bounds.every_layer.max_abs"),
             Some(Pos { line: 9, col: 31 })
         );
-        // Unknown child falls back to the parent.
-        assert_eq!(ix.find("model.nope"), Some(Pos { line: 2, col: 3 }));
+        // Unknown child falls back to the parent, located at its key.
+        assert_eq!(ix.find("model.nope"), Some(Pos { line: 1, col: 1 }));
+        assert_eq!(ix.find("input.batch"), Some(Pos { line: 5, col: 3 }));
     }
 }

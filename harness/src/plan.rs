@@ -208,9 +208,10 @@ pub fn plan(s: &Scenario, session: &Session) -> Vec<TrialPlan> {
                 ignored,
             });
         }
-        let snapshot_ignored = slow_reason(s).or_else(|| unavailable.clone()).or_else(|| {
-            (id != ORACLE && all_ignored).then(|| "no comparison of this backend can run here".to_string())
-        });
+        let snapshot_ignored = slow_reason(s)
+            .or_else(|| unavailable.clone())
+            .or_else(|| (id != ORACLE && all_ignored).then(|| "no comparison of this backend can run here".to_string()))
+            .or_else(|| crate::snapshot::unrecorded(&crate::snapshot::class_of(&b.info())));
         out.push(TrialPlan {
             name: format!("{}/{id}/snapshot", s.name),
             backend: id,

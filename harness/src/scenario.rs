@@ -210,13 +210,68 @@ struct RawInput {
     tensor: Option<String>,
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq)]
 enum RawStrategy {
     Full,
     Rows,
     KvCache { prefill: usize },
     Chunked { chunk: usize },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KvCacheArgs {
+    prefill: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChunkedArgs {
+    chunk: usize,
+}
+
+const STRATEGIES: &[&str] = &["full", "rows", "kv_cache", "chunked"];
+
+/// `full` / `rows` as plain names, `kv_cache: { prefill: N }` and
+/// `chunked: { chunk: N }` as one-key mappings (serde_yaml 0.9 would want
+/// `!kv_cache` tags for an enum; scenarios read better without).
+impl<'de> Deserialize<'de> for RawStrategy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawStrategy;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`full`, `rows`, `kv_cache: { prefill: N }` or `chunked: { chunk: N }`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawStrategy, E> {
+                match v {
+                    "full" => Ok(RawStrategy::Full),
+                    "rows" => Ok(RawStrategy::Rows),
+                    "kv_cache" => Err(E::custom("`kv_cache` needs its prefill length: `kv_cache: { prefill: N }`")),
+                    "chunked" => Err(E::custom("`chunked` needs its chunk size: `chunked: { chunk: N }`")),
+                    other => Err(E::unknown_variant(other, STRATEGIES)),
+                }
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<RawStrategy, A::Error> {
+                let Some(key) = map.next_key::<String>()? else {
+                    return Err(de::Error::custom("empty mapping: expected a strategy"));
+                };
+                let s = match key.as_str() {
+                    "kv_cache" => RawStrategy::KvCache { prefill: map.next_value::<KvCacheArgs>()?.prefill },
+                    "chunked" => RawStrategy::Chunked { chunk: map.next_value::<ChunkedArgs>()?.chunk },
+                    "full" | "rows" => {
+                        return Err(de::Error::custom(format!("`{key}` takes no arguments: write it as a plain name")));
+                    }
+                    other => return Err(de::Error::unknown_variant(other, STRATEGIES)),
+                };
+                if map.next_key::<String>()?.is_some() {
+                    return Err(de::Error::custom("one strategy per list item"));
+                }
+                Ok(s)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Deserialize)]

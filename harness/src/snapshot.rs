@@ -7,6 +7,13 @@
 //! candle's snapshot untouched. Metadata (versions, device, dtype, threads,
 //! SIMD level) goes into insta's `info`, shown by `cargo insta review` but not
 //! compared: only the numbers fail a test.
+//!
+//! Float results legitimately differ between machine classes (a CPU's SIMD
+//! level picks other kernels; each GPU model has its own), so snapshots live
+//! in one folder per class: `snapshots/x86_64-avx2-fma/`,
+//! `snapshots/cuda-nvidia-h200/`. On a class with no folder yet the snapshot
+//! trials are ignored and say how to record one (`LAYERDRIFT_RECORD=1`);
+//! the bounds are checked everywhere.
 
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
@@ -14,7 +21,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::plan::{Outcome, comparisons, evaluate};
-use crate::report::{DriftSnapshot, LAYER_COLUMNS, OracleEntry, OracleSnapshot, activation_lines};
+use crate::report::{DriftSnapshot, OracleEntry, OracleSnapshot, activation_lines};
 use crate::scenario::{Pairing, Scenario};
 use crate::session::{ORACLE, RunError, Session};
 
@@ -77,10 +84,52 @@ fn meta(s: &Scenario, session: &Session, ids: &[&str]) -> Meta {
     }
 }
 
-/// Asserts `doc` against `snapshots/{name}.snap` with `meta` as its info.
-pub fn assert_snapshot<T: Serialize>(name: &str, meta: &Meta, description: &str, doc: &T) -> Result<(), String> {
+/// The machine class of a backend: the host's for CPU backends and the
+/// oracle, the GPU's name for GPU backends (`cuda-nvidia-h200`).
+pub fn class_of(info: &layerdrift_backends::BackendInfo) -> String {
+    if info.device == "cpu" {
+        layerdrift_backends::cpu::class()
+    } else {
+        let name: String = info
+            .device_name
+            .to_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        format!("{}-{}", info.device, name.split('-').filter(|p| !p.is_empty()).collect::<Vec<_>>().join("-"))
+    }
+}
+
+/// The snapshot folder of a machine class.
+pub fn class_dir(class: &str) -> PathBuf {
+    root().join("snapshots").join(class)
+}
+
+/// Why snapshots of `class` cannot be checked here, if they cannot: no
+/// folder was ever recorded for it (and `LAYERDRIFT_RECORD=1` is not set).
+pub fn unrecorded(class: &str) -> Option<String> {
+    let record = std::env::var_os("LAYERDRIFT_RECORD").is_some_and(|v| v == "1");
+    (!record && !class_dir(class).is_dir()).then(|| {
+        format!(
+            "no snapshots recorded for machine class `{class}` (float results legitimately differ between \
+             SIMD levels and GPU models): record them with `LAYERDRIFT_RECORD=1 INSTA_UPDATE=always cargo test`"
+        )
+    })
+}
+
+/// Asserts `doc` against `snapshots/{class}/{name}.snap` with `meta` as its info.
+pub fn assert_snapshot<T: Serialize>(
+    class: &str,
+    name: &str,
+    meta: &Meta,
+    description: &str,
+    doc: &T,
+) -> Result<(), String> {
+    if let Some(why) = unrecorded(class) {
+        return Err(why);
+    }
     let mut settings = insta::Settings::clone_current();
-    settings.set_snapshot_path(root().join("snapshots"));
+    settings.set_snapshot_path(class_dir(class));
     settings.set_prepend_module_to_snapshot(false);
     settings.set_omit_expression(true);
     settings.set_input_file(root().join("scenarios").join(format!("{}.yaml", meta.scenario.trim_end_matches(".yaml"))));
@@ -91,7 +140,7 @@ pub fn assert_snapshot<T: Serialize>(name: &str, meta: &Meta, description: &str,
     }));
     result.map_err(|_| {
         format!(
-            "snapshot `{name}` does not match snapshots/{name}.snap (diff above). If the change is expected \
+            "snapshot `{name}` does not match snapshots/{class}/{name}.snap (diff above). If the change is expected \
              (a backend upgrade, a new scenario), run `cargo insta review` to accept it; on CI nothing is written."
         )
     })
@@ -145,11 +194,11 @@ pub fn backend_snapshot(s: &Scenario, session: &Session, backend: &str) -> Resul
             },
             comparisons: DriftSnapshot::new(&s.name, backend, &outcomes),
         };
-        return assert_snapshot(&name, &meta(s, session, &[ORACLE]), &s.description, &doc);
+        let class = class_of(&b.info());
+        return assert_snapshot(&class, &name, &meta(s, session, &[ORACLE]), &s.description, &doc);
     }
     let doc = DriftSnapshot::new(&s.name, backend, &outcomes);
-    let _ = LAYER_COLUMNS;
-    assert_snapshot(&name, &meta(s, session, &[backend, ORACLE]), &s.description, &doc)
+    assert_snapshot(&class_of(&b.info()), &name, &meta(s, session, &[backend, ORACLE]), &s.description, &doc)
 }
 
 /// The snapshot of one cross-backend comparison, `{scenario}__{a}__vs__{b}`.
@@ -158,5 +207,12 @@ pub fn cross_snapshot(s: &Scenario, session: &Session, outcome: &Outcome) -> Res
     debug_assert!(s.checks.iter().any(|k| matches!(k.pairing, Pairing::Cross(_))));
     let name = format!("{}__{}__vs__{}__{}", s.name, c.a.backend, c.b.backend, c.a.strategy);
     let doc = DriftSnapshot::new(&s.name, &c.a.backend, std::slice::from_ref(outcome));
-    assert_snapshot(&name, &meta(s, session, &[&c.a.backend, &c.b.backend]), &s.description, &doc)
+    assert_snapshot(&cross_class(session, c), &name, &meta(s, session, &[&c.a.backend, &c.b.backend]), &s.description, &doc)
+}
+
+/// The class of a cross-backend pair: the shared class, or both joined.
+pub fn cross_class(session: &Session, c: &crate::plan::Comparison) -> String {
+    let class = |id: &str| session.backend(id).map(|b| class_of(&b.info())).unwrap_or_default();
+    let (a, b) = (class(&c.a.backend), class(&c.b.backend));
+    if a == b { a } else { format!("{a}+{b}") }
 }
