@@ -207,7 +207,12 @@ fn run(
     }
 
     // Every comparison, and the runs they need.
-    let comps: Vec<_> = active.iter().flat_map(|b| comparisons(&s, &session, b.as_ref())).collect();
+    // (A comparison with a backend that cannot run here was reported above.)
+    let comps: Vec<_> = active
+        .iter()
+        .flat_map(|b| comparisons(&s, &session, b.as_ref()))
+        .filter(|c| session.backend(&c.b.backend).is_some_and(|b| b.available().is_ok()))
+        .collect();
     let mut needed = Vec::new();
     for c in &comps {
         for side in [&c.a, &c.b] {

@@ -29,7 +29,10 @@ use crate::session::{ORACLE, RunError, Session};
 pub fn root() -> PathBuf {
     std::env::var_os("LAYERDRIFT_ROOT")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")))
+        .unwrap_or_else(|| {
+            let built = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+            built.canonicalize().unwrap_or(built)
+        })
 }
 
 /// What the numbers depend on, recorded beside them.
