@@ -71,7 +71,10 @@ pub enum BackendError {
 impl BackendError {
     /// Whether this means "cannot run here" (an ignored trial) rather than a failure.
     pub fn is_skip(&self) -> bool {
-        matches!(self, BackendError::Unsupported(_) | BackendError::Unavailable(_))
+        matches!(
+            self,
+            BackendError::Unsupported(_) | BackendError::Unavailable(_)
+        )
     }
 }
 
@@ -110,7 +113,12 @@ pub trait Backend: Send + Sync {
 
     /// Checks availability and every capability a run of `model` in `dtype`
     /// with `schedule` needs; the error says why it cannot happen here.
-    fn can_run(&self, model: &ModelSpec, dtype: DType, schedule: &Schedule) -> Result<(), BackendError> {
+    fn can_run(
+        &self,
+        model: &ModelSpec,
+        dtype: DType,
+        schedule: &Schedule,
+    ) -> Result<(), BackendError> {
         self.available().map_err(BackendError::Unavailable)?;
         self.supports(Capability::DType(dtype))
             .map_err(BackendError::Unsupported)?;
@@ -176,7 +184,11 @@ pub fn registry() -> Vec<Box<dyn Backend>> {
     #[cfg(feature = "candle")]
     out.extend(crate::candle::backends());
     #[cfg(not(feature = "candle"))]
-    out.push(not_compiled("candle", "cpu", "build with `--features candle` (on by default)"));
+    out.push(not_compiled(
+        "candle",
+        "cpu",
+        "build with `--features candle` (on by default)",
+    ));
     #[cfg(not(feature = "candle-cuda"))]
     out.push(not_compiled(
         "candle",
@@ -188,8 +200,16 @@ pub fn registry() -> Vec<Box<dyn Backend>> {
     out.extend(crate::burn::backends());
     #[cfg(not(feature = "burn"))]
     {
-        out.push(not_compiled("burn-flex", "cpu", "build with `--features burn` (on by default)"));
-        out.push(not_compiled("burn-ndarray", "cpu", "build with `--features burn` (on by default)"));
+        out.push(not_compiled(
+            "burn-flex",
+            "cpu",
+            "build with `--features burn` (on by default)",
+        ));
+        out.push(not_compiled(
+            "burn-ndarray",
+            "cpu",
+            "build with `--features burn` (on by default)",
+        ));
     }
 
     #[cfg(feature = "tch")]

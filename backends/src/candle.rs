@@ -60,7 +60,11 @@ impl Backend for Candle {
             device,
             version: format!("candle-core {}", env!("LD_VERSION_CANDLE")),
             device_name,
-            threads: if self.cuda { 1 } else { candle_core::utils::get_num_threads() },
+            threads: if self.cuda {
+                1
+            } else {
+                candle_core::utils::get_num_threads()
+            },
         }
     }
 
@@ -120,7 +124,10 @@ impl Ops for CandleOps {
     }
 
     fn prepare_linear(&self, w: &HostTensor, b: &HostTensor, d: DType) -> OpResult<Self::Linear> {
-        Ok(candle_nn::Linear::new(self.upload(w, d)?, Some(self.upload(b, d)?)))
+        Ok(candle_nn::Linear::new(
+            self.upload(w, d)?,
+            Some(self.upload(b, d)?),
+        ))
     }
 
     fn linear(&self, x: &Tensor, l: &Self::Linear) -> OpResult<Tensor> {
@@ -128,7 +135,14 @@ impl Ops for CandleOps {
         l.forward(x).map_err(e)
     }
 
-    fn norm(&self, kind: Norm, x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f64) -> OpResult<Tensor> {
+    fn norm(
+        &self,
+        kind: Norm,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        eps: f64,
+    ) -> OpResult<Tensor> {
         let x = x.contiguous().map_err(e)?;
         match (kind, b) {
             (Norm::LayerNorm, Some(b)) => candle_nn::ops::layer_norm(&x, w, b, eps as f32),

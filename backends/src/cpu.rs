@@ -8,7 +8,8 @@ pub fn simd_level() -> &'static str {
         if std::arch::is_x86_feature_detected!("avx512f") {
             return "avx512f";
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
             return "avx2+fma";
         }
         if std::arch::is_x86_feature_detected!("avx") {
@@ -34,5 +35,9 @@ pub fn describe() -> String {
 /// A file-name-safe class of machines whose float results should agree:
 /// `x86_64-avx2-fma`, `x86_64-avx512f`, `aarch64-neon`.
 pub fn class() -> String {
-    format!("{}-{}", std::env::consts::ARCH, simd_level().replace('+', "-"))
+    format!(
+        "{}-{}",
+        std::env::consts::ARCH,
+        simd_level().replace('+', "-")
+    )
 }

@@ -65,8 +65,17 @@ fn upload_norm<O: Ops>(
     Ok((weight, bias))
 }
 
-fn upload_linear<O: Ops>(ops: &O, w: &Weights, p: &str, req: &RunRequest<'_>) -> OpResult<O::Linear> {
-    ops.prepare_linear(w.get(&format!("{p}.weight")), w.get(&format!("{p}.bias")), req.dtype)
+fn upload_linear<O: Ops>(
+    ops: &O,
+    w: &Weights,
+    p: &str,
+    req: &RunRequest<'_>,
+) -> OpResult<O::Linear> {
+    ops.prepare_linear(
+        w.get(&format!("{p}.weight")),
+        w.get(&format!("{p}.bias")),
+        req.dtype,
+    )
 }
 
 fn run_mlp<O: Ops>(ops: &O, m: &ResidualMlpSpec, req: &RunRequest<'_>) -> OpResult<Checkpoints> {
@@ -151,7 +160,10 @@ fn rope_tables(theta: f64, head_dim: usize, start: usize, end: usize) -> (HostTe
         }
     }
     let shape = vec![end - start, head_dim];
-    (HostTensor::new(shape.clone(), cos), HostTensor::new(shape, sin))
+    (
+        HostTensor::new(shape.clone(), cos),
+        HostTensor::new(shape, sin),
+    )
 }
 
 /// NeoX/Llama rotary embedding: `x·cos + rotate_half(x)·sin`, where
@@ -188,7 +200,11 @@ fn causal_mask(start: usize, end: usize) -> Option<HostTensor> {
     let mut data = Vec::with_capacity(q * end);
     for i in 0..q {
         for j in 0..end {
-            data.push(if j <= start + i { 0.0 } else { f32::NEG_INFINITY });
+            data.push(if j <= start + i {
+                0.0
+            } else {
+                f32::NEG_INFINITY
+            });
         }
     }
     Some(HostTensor::new(vec![q, end], data))
@@ -275,11 +291,18 @@ fn run_decoder<O: Ops>(ops: &O, m: &DecoderSpec, req: &RunRequest<'_>) -> OpResu
             let att = ops.linear(&merge_heads(ops, &att)?, &layer.o)?;
             x = ops.add(&x, &att)?;
             let h = ops.norm(m.norm, &x, &layer.n2.0, layer.n2.1.as_ref(), m.eps)?;
-            let h = ops.linear(&ops.activation(&ops.linear(&h, &layer.fc1)?, m.activation)?, &layer.fc2)?;
+            let h = ops.linear(
+                &ops.activation(&ops.linear(&h, &layer.fc1)?, m.activation)?,
+                &layer.fc2,
+            )?;
             x = ops.add(&x, &h)?;
             for (i, r) in req.observed.iter().enumerate() {
                 if (start..end).contains(&r.pos) {
-                    out[l][i] = Some(take_rows(ops, &x, std::iter::once((r.batch, r.pos - start)))?);
+                    out[l][i] = Some(take_rows(
+                        ops,
+                        &x,
+                        std::iter::once((r.batch, r.pos - start)),
+                    )?);
                 }
             }
         }
@@ -288,7 +311,9 @@ fn run_decoder<O: Ops>(ops: &O, m: &DecoderSpec, req: &RunRequest<'_>) -> OpResu
         .into_iter()
         .map(|rows| {
             rows.into_iter()
-                .map(|r| r.ok_or_else(|| "an observed position lies outside the schedule".to_string()))
+                .map(|r| {
+                    r.ok_or_else(|| "an observed position lies outside the schedule".to_string())
+                })
                 .collect::<OpResult<Vec<_>>>()
                 .map(|v| v.concat())
         })

@@ -44,7 +44,10 @@ impl HostTensor {
     /// `[rows.len(), 1, dim]` array (the `rows` strategy's input).
     pub fn gather_rows(&self, rows: &[crate::Row]) -> HostTensor {
         let [_, seq, dim] = self.shape[..] else {
-            panic!("gather_rows needs a [batch, seq, dim] array, got {:?}", self.shape)
+            panic!(
+                "gather_rows needs a [batch, seq, dim] array, got {:?}",
+                self.shape
+            )
         };
         let mut data = Vec::with_capacity(rows.len() * dim);
         for r in rows {
@@ -57,7 +60,10 @@ impl HostTensor {
     /// For a `[batch, seq, dim]` input: batch elements `batches`, positions `0..len`.
     pub fn select(&self, batches: &[usize], len: usize) -> HostTensor {
         let [_, seq, dim] = self.shape[..] else {
-            panic!("select needs a [batch, seq, dim] array, got {:?}", self.shape)
+            panic!(
+                "select needs a [batch, seq, dim] array, got {:?}",
+                self.shape
+            )
         };
         let mut data = Vec::with_capacity(batches.len() * len * dim);
         for &b in batches {

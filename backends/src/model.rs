@@ -235,7 +235,11 @@ mod tests {
             eps: 1e-5,
             residual: true,
         });
-        let names: Vec<_> = m.parameters().into_iter().map(|p| (p.name, p.shape)).collect();
+        let names: Vec<_> = m
+            .parameters()
+            .into_iter()
+            .map(|p| (p.name, p.shape))
+            .collect();
         // The order of `TestMod(1, 4).state_dict()` in the seed's script.
         assert_eq!(
             names,

@@ -23,8 +23,12 @@ pub(crate) trait Ops {
     /// Uploads a host array, cast to `dtype`.
     fn upload(&self, t: &HostTensor, dtype: DType) -> OpResult<Self::T>;
     /// Prepares a linear layer from PyTorch-layout `weight [out, in]` and `bias [out]`.
-    fn prepare_linear(&self, w: &HostTensor, b: &HostTensor, dtype: DType)
-    -> OpResult<Self::Linear>;
+    fn prepare_linear(
+        &self,
+        w: &HostTensor,
+        b: &HostTensor,
+        dtype: DType,
+    ) -> OpResult<Self::Linear>;
     /// `x @ Wᵀ + b` over the last dimension.
     fn linear(&self, x: &Self::T, l: &Self::Linear) -> OpResult<Self::T>;
     /// Normalisation over the last dimension (`b` is `None` for RMSNorm).

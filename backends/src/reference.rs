@@ -4,8 +4,10 @@
 //! For `residual_mlp` that is the observed rows alone (rows are independent);
 //! for `decoder` it is the observed batch elements up to the last observed
 //! position (every earlier position's K and V), nothing after. Its matmuls use
-//! ndarray's (matrixmultiply) single-threaded f64 GEMM, so it is deterministic
-//! and cheap next to the backends it judges.
+//! ndarray's f64 GEMM (matrixmultiply, which splits work over output blocks
+//! only, so results do not depend on its thread count); norms, activations
+//! and softmax are plain f64 loops. It is deterministic and cheap next to the
+//! backends it judges.
 
 use ndarray::{ArrayD, Axis, Ix2, IxDyn, concatenate};
 
@@ -25,7 +27,10 @@ impl Backend for Reference {
         BackendInfo {
             name: "reference",
             device: "cpu",
-            version: format!("layerdrift-backends {} (f64, ndarray)", env!("CARGO_PKG_VERSION")),
+            version: format!(
+                "layerdrift-backends {} (f64, ndarray)",
+                env!("CARGO_PKG_VERSION")
+            ),
             device_name: "host".into(),
             threads: 1,
         }
@@ -73,7 +78,9 @@ impl Backend for Reference {
                     .observed
                     .iter()
                     .map(|r| Row {
-                        batch: batches.binary_search(&r.batch).expect("observed batch is in support"),
+                        batch: batches
+                            .binary_search(&r.batch)
+                            .expect("observed batch is in support"),
                         pos: r.pos,
                     })
                     .collect();
@@ -135,8 +142,14 @@ impl Ops for F64 {
     }
 
     fn prepare_linear(&self, w: &HostTensor, b: &HostTensor, d: DType) -> OpResult<Self::Linear> {
-        let w = self.upload(w, d)?.into_dimensionality::<Ix2>().map_err(|e| e.to_string())?;
-        let b = self.upload(b, d)?.into_dimensionality().map_err(|e| e.to_string())?;
+        let w = self
+            .upload(w, d)?
+            .into_dimensionality::<Ix2>()
+            .map_err(|e| e.to_string())?;
+        let b = self
+            .upload(b, d)?
+            .into_dimensionality()
+            .map_err(|e| e.to_string())?;
         Ok((w.t().to_owned(), b))
     }
 
@@ -151,7 +164,8 @@ impl Ops for F64 {
         let y = x2.dot(wt) + b;
         let mut out_shape = shape;
         *out_shape.last_mut().expect("non-scalar") = wt.ncols();
-        y.into_shape_with_order(IxDyn(&out_shape)).map_err(|e| e.to_string())
+        y.into_shape_with_order(IxDyn(&out_shape))
+            .map_err(|e| e.to_string())
     }
 
     fn norm(&self, kind: Norm, x: &T, w: &T, b: Option<&T>, eps: f64) -> OpResult<T> {
@@ -159,7 +173,11 @@ impl Ops for F64 {
         let n = x.shape()[x.ndim() - 1] as f64;
         let mut out = x.clone();
         for mut lane in out.lanes_mut(last) {
-            let mean = if kind == Norm::LayerNorm { lane.sum() / n } else { 0.0 };
+            let mean = if kind == Norm::LayerNorm {
+                lane.sum() / n
+            } else {
+                0.0
+            };
             let var = lane.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
             let inv = 1.0 / (var + eps).sqrt();
             for (i, v) in lane.iter_mut().enumerate() {
@@ -197,8 +215,16 @@ impl Ops for F64 {
         }
         let (m, k, n) = (sa[nd - 2], sa[nd - 1], sb[nd - 1]);
         let batch: usize = sa[..nd - 2].iter().product();
-        let a3 = a.as_standard_layout().into_shape_with_order((batch, m, k)).map_err(|e| e.to_string())?.to_owned();
-        let b3 = b.as_standard_layout().into_shape_with_order((batch, k, n)).map_err(|e| e.to_string())?.to_owned();
+        let a3 = a
+            .as_standard_layout()
+            .into_shape_with_order((batch, m, k))
+            .map_err(|e| e.to_string())?
+            .to_owned();
+        let b3 = b
+            .as_standard_layout()
+            .into_shape_with_order((batch, k, n))
+            .map_err(|e| e.to_string())?
+            .to_owned();
         let mut out = ndarray::Array3::<f64>::zeros((batch, m, n));
         for i in 0..batch {
             out.index_axis_mut(Axis(0), i)
@@ -206,7 +232,8 @@ impl Ops for F64 {
         }
         let mut shape = sa[..nd - 2].to_vec();
         shape.extend([m, n]);
-        out.into_shape_with_order(IxDyn(&shape)).map_err(|e| e.to_string())
+        out.into_shape_with_order(IxDyn(&shape))
+            .map_err(|e| e.to_string())
     }
 
     fn softmax_last(&self, x: &T) -> OpResult<T> {
@@ -234,7 +261,8 @@ impl Ops for F64 {
     }
 
     fn narrow(&self, x: &T, dim: usize, start: usize, len: usize) -> OpResult<T> {
-        Ok(x.slice_axis(Axis(dim), (start..start + len).into()).to_owned())
+        Ok(x.slice_axis(Axis(dim), (start..start + len).into())
+            .to_owned())
     }
 
     fn cat(&self, xs: &[T], dim: usize) -> OpResult<T> {

@@ -43,7 +43,12 @@ impl Schedule {
 
     /// The sequence in chunks of `chunk` positions (the last may be shorter).
     pub fn chunked(chunk: usize, seq: usize) -> Schedule {
-        Schedule::Segments((0..seq).step_by(chunk).map(|s| (s, (s + chunk).min(seq))).collect())
+        Schedule::Segments(
+            (0..seq)
+                .step_by(chunk)
+                .map(|s| (s, (s + chunk).min(seq)))
+                .collect(),
+        )
     }
 }
 

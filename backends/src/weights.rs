@@ -171,7 +171,9 @@ fn shape_hint(model: &ModelSpec, name: &str, found: &[usize]) -> String {
     let dim = model.dim();
     if name.ends_with("linear1.weight") || name.ends_with("fc1.weight") {
         if let [h, d] = found {
-            return format!(" — the file looks like dim: {d}, hidden: {h}; set those in the scenario's model");
+            return format!(
+                " — the file looks like dim: {d}, hidden: {h}; set those in the scenario's model"
+            );
         }
     }
     if let [d] = found {
@@ -278,11 +280,17 @@ mod tests {
     fn init_is_deterministic_and_layer_stable() {
         let a = Weights::init(&mlp(2), 3, 0.2);
         let b = Weights::init(&mlp(3), 3, 0.2);
-        assert_eq!(a.get("layers.1.linear2.weight"), b.get("layers.1.linear2.weight"));
+        assert_eq!(
+            a.get("layers.1.linear2.weight"),
+            b.get("layers.1.linear2.weight")
+        );
         assert_eq!(a.get("layers.0.norm1.weight").data, vec![1.0; 8]);
         assert_eq!(a.get("layers.0.linear1.bias").data, vec![0.0; 12]);
         let c = Weights::init(&mlp(2), 4, 0.2);
-        assert_ne!(a.get("layers.0.linear1.weight"), c.get("layers.0.linear1.weight"));
+        assert_ne!(
+            a.get("layers.0.linear1.weight"),
+            c.get("layers.0.linear1.weight")
+        );
     }
 
     #[test]
@@ -302,10 +310,16 @@ mod tests {
 
         // Wrong shape, with the scenario fix.
         let mut bad = all.clone();
-        bad.insert("layers.0.linear1.weight".into(), HostTensor::full(vec![16, 8], 0.0));
+        bad.insert(
+            "layers.0.linear1.weight".into(),
+            HostTensor::full(vec![16, 8], 0.0),
+        );
         write_safetensors(&p, &bad).unwrap();
         let e = Weights::load(&mlp(2), &p).unwrap_err().to_string();
-        assert!(e.contains("shape [16, 8]") && e.contains("hidden: 16"), "{e}");
+        assert!(
+            e.contains("shape [16, 8]") && e.contains("hidden: 16"),
+            "{e}"
+        );
 
         // Not a safetensors file.
         std::fs::write(&p, b"hello").unwrap();

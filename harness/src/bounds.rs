@@ -192,30 +192,53 @@ mod tests {
     use layerdrift_backends::{Checkpoints, DType};
 
     fn profile(diffs: &[f64]) -> DriftProfile {
-        let a = Checkpoints { dim: 1, rows: 1, layers: diffs.iter().map(|_| vec![1.0]).collect() };
-        let b = Checkpoints { dim: 1, rows: 1, layers: diffs.iter().map(|d| vec![1.0 + d]).collect() };
+        let a = Checkpoints {
+            dim: 1,
+            rows: 1,
+            layers: diffs.iter().map(|_| vec![1.0]).collect(),
+        };
+        let b = Checkpoints {
+            dim: 1,
+            rows: 1,
+            layers: diffs.iter().map(|d| vec![1.0 + d]).collect(),
+        };
         DriftProfile::compare(&a, &b, DType::F64)
     }
 
     #[test]
     fn every_layer_names_the_layer() {
-        let b = Bounds { every_layer: Some(MetricBounds { max_abs: Some(1e-3), ..Default::default() }), ..Default::default() };
+        let b = Bounds {
+            every_layer: Some(MetricBounds {
+                max_abs: Some(1e-3),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
         assert!(b.violations(&profile(&[1e-4, 5e-4])).is_empty());
         let v = b.violations(&profile(&[1e-4, 2e-3]));
         assert_eq!(v.len(), 1);
-        assert!(v[0].starts_with("layer 2: max_abs 2.000e-3 > 1.000e-3"), "{v:?}");
+        assert!(
+            v[0].starts_with("layer 2: max_abs 2.000e-3 > 1.000e-3"),
+            "{v:?}"
+        );
     }
 
     #[test]
     fn bitwise_fails_on_any_difference() {
-        let b = Bounds { bitwise: true, ..Default::default() };
+        let b = Bounds {
+            bitwise: true,
+            ..Default::default()
+        };
         assert!(b.violations(&profile(&[0.0, 0.0])).is_empty());
         assert!(!b.violations(&profile(&[0.0, 1e-12])).is_empty());
     }
 
     #[test]
     fn growth_exponent() {
-        let b = Bounds { growth_exponent: Some(1.5), ..Default::default() };
+        let b = Bounds {
+            growth_exponent: Some(1.5),
+            ..Default::default()
+        };
         let quad: Vec<f64> = (1..=10).map(|l| 1e-8 * (l * l) as f64).collect();
         let lin: Vec<f64> = (1..=10).map(|l| 1e-8 * l as f64).collect();
         assert!(b.violations(&profile(&lin)).is_empty());
@@ -224,7 +247,13 @@ mod tests {
 
     #[test]
     fn negative_bound_is_a_problem() {
-        let b = Bounds { every_layer: Some(MetricBounds { max_abs: Some(-1.0), ..Default::default() }), ..Default::default() };
+        let b = Bounds {
+            every_layer: Some(MetricBounds {
+                max_abs: Some(-1.0),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
         assert_eq!(b.problems().len(), 1);
     }
 }

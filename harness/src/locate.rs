@@ -27,8 +27,14 @@ pub struct PathIndex {
 }
 
 enum Frame {
-    Map { path: String, key: Option<(String, Pos)> },
-    Seq { path: String, next: usize },
+    Map {
+        path: String,
+        key: Option<(String, Pos)>,
+    },
+    Seq {
+        path: String,
+        next: usize,
+    },
 }
 
 struct Walker {
@@ -86,7 +92,9 @@ impl MarkedEventReceiver for Walker {
                     self.value_path().unwrap_or_default()
                 };
                 if !path.is_empty() {
-                    self.map.entry(path.clone()).or_insert(key_at.unwrap_or(pos));
+                    self.map
+                        .entry(path.clone())
+                        .or_insert(key_at.unwrap_or(pos));
                 }
                 self.stack.push(if is_map {
                     Frame::Map { path, key: None }

@@ -61,9 +61,15 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { file, backends, metric, out, json, log_y, summary } => {
-            run(&file, &backends, &metric, out, json, log_y, summary)
-        }
+        Command::Run {
+            file,
+            backends,
+            metric,
+            out,
+            json,
+            log_y,
+            summary,
+        } => run(&file, &backends, &metric, out, json, log_y, summary),
         Command::Validate { files } => validate(files),
         Command::List => list(),
     };
@@ -107,7 +113,11 @@ fn validate(files: Vec<PathBuf>) -> Result<ExitCode> {
             }
         }
     }
-    Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }
 
 fn list() -> Result<ExitCode> {
@@ -116,7 +126,13 @@ fn list() -> Result<ExitCode> {
     for b in session.backends() {
         let i = b.info();
         match b.available() {
-            Ok(()) => println!("  {:<18} {} — {}, {} thread(s)", i.id(), i.version, i.device_name, i.threads),
+            Ok(()) => println!(
+                "  {:<18} {} — {}, {} thread(s)",
+                i.id(),
+                i.version,
+                i.device_name,
+                i.threads
+            ),
             Err(why) => println!("  {:<18} unavailable: {why}", i.id()),
         }
     }
@@ -165,7 +181,10 @@ fn run(
     summary_only: bool,
 ) -> Result<ExitCode> {
     if !METRICS.contains(&metric) {
-        anyhow::bail!("unknown metric `{metric}`; use one of {}", METRICS.join(", "));
+        anyhow::bail!(
+            "unknown metric `{metric}`; use one of {}",
+            METRICS.join(", ")
+        );
     }
     let session = Arc::new(Session::new());
     let mut s = match load(file, &session) {
@@ -173,20 +192,46 @@ fn run(
         Err(code) => return Ok(code),
     };
     if !only.is_empty() {
-        s.backends.retain(|b| only.iter().any(|o| o == b || o.starts_with(&format!("{b}-"))));
+        s.backends.retain(|b| {
+            only.iter()
+                .any(|o| o == b || o.starts_with(&format!("{b}-")))
+        });
         if s.backends.is_empty() {
-            anyhow::bail!("--backends {} matches none of the scenario's backends", only.join(","));
+            anyhow::bail!(
+                "--backends {} matches none of the scenario's backends",
+                only.join(",")
+            );
         }
     }
     println!("scenario {} ({})", s.name, file.display());
     if !s.description.is_empty() {
         println!("  {}", s.description.trim().replace('\n', "\n  "));
     }
-    println!("  {} variant(s): {}", s.variants.len(), s.variants.iter().map(|v| v.label.as_str()).collect::<Vec<_>>().join("  "));
-    println!("  strategies: {}", s.strategies.iter().map(|x| x.describe()).collect::<Vec<_>>().join("; "));
+    println!(
+        "  {} variant(s): {}",
+        s.variants.len(),
+        s.variants
+            .iter()
+            .map(|v| v.label.as_str())
+            .collect::<Vec<_>>()
+            .join("  ")
+    );
+    println!(
+        "  strategies: {}",
+        s.strategies
+            .iter()
+            .map(|x| x.describe())
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
 
     // Which backends take part, and why the others do not.
-    let mut backends = vec![session.backend(ORACLE).expect("oracle is always built").clone()];
+    let mut backends = vec![
+        session
+            .backend(ORACLE)
+            .expect("oracle is always built")
+            .clone(),
+    ];
     backends.extend(session.scenario_backends(&s));
     let mut active = Vec::new();
     println!("  backends:");
@@ -194,7 +239,13 @@ fn run(
         let i = b.info();
         match b.available() {
             Ok(()) => {
-                println!("    {:<18} {} — {}, {} thread(s)", i.id(), i.version, i.device_name, i.threads);
+                println!(
+                    "    {:<18} {} — {}, {} thread(s)",
+                    i.id(),
+                    i.version,
+                    i.device_name,
+                    i.threads
+                );
                 active.push(b.clone());
             }
             Err(why) => {
@@ -211,14 +262,22 @@ fn run(
     let comps: Vec<_> = active
         .iter()
         .flat_map(|b| comparisons(&s, &session, b.as_ref()))
-        .filter(|c| session.backend(&c.b.backend).is_some_and(|b| b.available().is_ok()))
+        .filter(|c| {
+            session
+                .backend(&c.b.backend)
+                .is_some_and(|b| b.available().is_ok())
+        })
         .collect();
     let mut needed = Vec::new();
     for c in &comps {
         for side in [&c.a, &c.b] {
             for v in 0..s.variants.len() {
                 let key = (side.backend.clone(), side.strategy.clone(), v);
-                if !needed.contains(&key) && session.backend(&side.backend).is_some_and(|b| b.available().is_ok()) {
+                if !needed.contains(&key)
+                    && session
+                        .backend(&side.backend)
+                        .is_some_and(|b| b.available().is_ok())
+                {
                     needed.push(key);
                 }
             }
@@ -226,8 +285,10 @@ fn run(
     }
     let bar = ProgressBar::new(needed.len() as u64);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} runs  {msg}")
-            .expect("static template"),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} runs  {msg}",
+        )
+        .expect("static template"),
     );
     let started = Instant::now();
     let mut timings = Vec::new();
@@ -240,13 +301,23 @@ fn run(
                 variant: s.variants[*v].label.clone(),
                 wall_ms: r.wall.as_secs_f64() * 1e3,
             }),
-            Err(RunError::Skip(why)) => bar.println(format!("  skip {backend}/{strategy} [{}]: {why}", s.variants[*v].label)),
-            Err(RunError::Fail(why)) => bar.println(format!("  FAIL {backend}/{strategy} [{}]: {why}", s.variants[*v].label)),
+            Err(RunError::Skip(why)) => bar.println(format!(
+                "  skip {backend}/{strategy} [{}]: {why}",
+                s.variants[*v].label
+            )),
+            Err(RunError::Fail(why)) => bar.println(format!(
+                "  FAIL {backend}/{strategy} [{}]: {why}",
+                s.variants[*v].label
+            )),
         }
         bar.inc(1);
     }
     bar.finish_and_clear();
-    println!("  {} backend runs in {:.1} s", timings.len(), started.elapsed().as_secs_f64());
+    println!(
+        "  {} backend runs in {:.1} s",
+        timings.len(),
+        started.elapsed().as_secs_f64()
+    );
 
     let outcomes: Vec<Outcome> = comps
         .iter()
@@ -262,12 +333,17 @@ fn run(
     if !summary_only {
         for o in &outcomes {
             let c = &o.comparison;
-            println!("\n{}/{} — {metric} per layer ({}/{} vs {}/{})", c.a.backend, c.name, c.a.backend, c.a.strategy, c.b.backend, c.b.strategy);
+            println!(
+                "\n{}/{} — {metric} per layer ({}/{} vs {}/{})",
+                c.a.backend, c.name, c.a.backend, c.a.strategy, c.b.backend, c.b.strategy
+            );
             print!("{}", table(o, metric));
         }
     }
 
-    println!("\nsummary (at the last layer; first divergence = first observed row and layer not bitwise equal):");
+    println!(
+        "\nsummary (at the last layer; first divergence = first observed row and layer not bitwise equal):"
+    );
     let mut failed = 0;
     for o in &outcomes {
         let c = &o.comparison;
@@ -278,14 +354,22 @@ fn run(
                 continue;
             };
             let last = p.layers.last().expect("at least one layer");
-            let verdict = if v.violations.is_empty() { "ok  " } else { failed += 1; "FAIL" };
+            let verdict = if v.violations.is_empty() {
+                "ok  "
+            } else {
+                failed += 1;
+                "FAIL"
+            };
             println!(
                 "  {verdict}  {name}: mean {} max {} ulps {} equal {:.1}% · first divergence {} · growth p={}",
                 metric_value(last, "mean_abs"),
                 metric_value(last, "max_abs"),
                 last.max_ulps,
                 100.0 * last.equal_share,
-                p.first_divergence.map_or("none".into(), |d| format!("row {} layer {}", d.row, d.layer)),
+                p.first_divergence.map_or("none".into(), |d| format!(
+                    "row {} layer {}",
+                    d.row, d.layer
+                )),
                 p.growth.exponent.map_or("–".into(), |e| format!("{e:.2}"))
             );
             for msg in &v.violations {
@@ -296,10 +380,17 @@ fn run(
 
     println!("\nrun times:");
     for t in &timings {
-        println!("  {:<18} {:<9} [{}] {:>9.1} ms", t.backend, t.strategy, t.variant, t.wall_ms);
+        println!(
+            "  {:<18} {:<9} [{}] {:>9.1} ms",
+            t.backend, t.strategy, t.variant, t.wall_ms
+        );
     }
 
-    let dir = out.unwrap_or_else(|| layerdrift::snapshot::root().join("target/layerdrift").join(&s.name));
+    let dir = out.unwrap_or_else(|| {
+        layerdrift::snapshot::root()
+            .join("target/layerdrift")
+            .join(&s.name)
+    });
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     println!("\nplots:");
     for (stem, svg) in layerdrift::plot::figures(&s.name, &outcomes, metric, log_y) {
@@ -321,7 +412,8 @@ fn run(
             timings,
             outcomes: &outcomes,
         };
-        std::fs::write(&j, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", j.display()))?;
+        std::fs::write(&j, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", j.display()))?;
         println!("  json: {}", j.display());
     }
     let _ = sig3;

@@ -99,9 +99,16 @@ impl DriftProfile {
         let mut first_divergence = None;
         'rows: for r in 0..a.rows {
             for l in 0..a.layers.len() {
-                let differs = a.row(l, r).iter().zip(b.row(l, r)).any(|(x, y)| x.to_bits() != y.to_bits());
+                let differs = a
+                    .row(l, r)
+                    .iter()
+                    .zip(b.row(l, r))
+                    .any(|(x, y)| x.to_bits() != y.to_bits());
                 if differs {
-                    first_divergence = Some(Divergence { row: r, layer: l + 1 });
+                    first_divergence = Some(Divergence {
+                        row: r,
+                        layer: l + 1,
+                    });
                     break 'rows;
                 }
             }
@@ -125,7 +132,10 @@ impl DriftProfile {
 
     /// The first layer (1-based) with a NaN or infinite value, if any.
     pub fn first_non_finite(&self) -> Option<usize> {
-        self.layers.iter().position(|l| l.non_finite > 0).map(|i| i + 1)
+        self.layers
+            .iter()
+            .position(|l| l.non_finite > 0)
+            .map(|i| i + 1)
     }
 }
 
@@ -175,7 +185,11 @@ fn growth(mean_abs: &[f64]) -> Growth {
     } else {
         let mx = xs.iter().sum::<f64>() / n;
         let my = mean_abs.iter().sum::<f64>() / n;
-        let cov: f64 = xs.iter().zip(mean_abs).map(|(x, y)| (x - mx) * (y - my)).sum();
+        let cov: f64 = xs
+            .iter()
+            .zip(mean_abs)
+            .map(|(x, y)| (x - mx) * (y - my))
+            .sum();
         let var: f64 = xs.iter().map(|x| (x - mx) * (x - mx)).sum();
         cov / var
     };
@@ -201,7 +215,11 @@ mod tests {
     use super::*;
 
     fn ck(layers: Vec<Vec<f64>>) -> Checkpoints {
-        Checkpoints { dim: layers[0].len(), rows: 1, layers }
+        Checkpoints {
+            dim: layers[0].len(),
+            rows: 1,
+            layers,
+        }
     }
 
     #[test]
@@ -227,7 +245,11 @@ mod tests {
     fn ulps_in_run_dtype() {
         let x = 1.0f32;
         let y = f32::from_bits(x.to_bits() + 3);
-        let p = DriftProfile::compare(&ck(vec![vec![x as f64]]), &ck(vec![vec![y as f64]]), DType::F32);
+        let p = DriftProfile::compare(
+            &ck(vec![vec![x as f64]]),
+            &ck(vec![vec![y as f64]]),
+            DType::F32,
+        );
         assert_eq!(p.layers[0].max_ulps, 3);
     }
 

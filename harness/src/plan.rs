@@ -108,7 +108,10 @@ pub struct TrialPlan {
 /// computes each strategy (a decoder's KV cache), not for row-independent
 /// models where it always computes just the observed rows.
 fn oracle_runs_strategies(s: &Scenario) -> bool {
-    matches!(s.variants.first().map(|v| &v.model), Some(ModelSpec::Decoder(_)))
+    matches!(
+        s.variants.first().map(|v| &v.model),
+        Some(ModelSpec::Decoder(_))
+    )
 }
 
 /// Every comparison a backend takes part in as side `a`.
@@ -120,7 +123,10 @@ pub fn comparisons(s: &Scenario, session: &Session, backend: &dyn Backend) -> Ve
     let mut out = Vec::new();
     for check in &s.checks {
         let bounds = check.bounds_for(&id, info.name).clone();
-        let side = |b: &str, st: &str| Side { backend: b.to_string(), strategy: st.to_string() };
+        let side = |b: &str, st: &str| Side {
+            backend: b.to_string(),
+            strategy: st.to_string(),
+        };
         match &check.pairing {
             Pairing::Strategies(a, b) => {
                 if !is_oracle || oracle_runs_strategies(s) {
@@ -158,7 +164,9 @@ pub fn comparisons(s: &Scenario, session: &Session, backend: &dyn Backend) -> Ve
 
 fn check_name(c: &Check, derived: String) -> String {
     match (&c.name, &c.pairing) {
-        (Some(n), Pairing::Cross(_)) => format!("{n}-{}", derived.rsplit("-vs-").next().unwrap_or("")),
+        (Some(n), Pairing::Cross(_)) => {
+            format!("{n}-{}", derived.rsplit("-vs-").next().unwrap_or(""))
+        }
         (Some(n), _) => n.clone(),
         (None, _) => derived,
     }
@@ -180,7 +188,8 @@ fn ignore_reason(s: &Scenario, session: &Session, c: &Comparison) -> Option<Stri
 }
 
 fn slow_reason(s: &Scenario) -> Option<String> {
-    let slow_ok = !cfg!(debug_assertions) || std::env::var_os("LAYERDRIFT_SLOW").is_some_and(|v| v == "1");
+    let slow_ok =
+        !cfg!(debug_assertions) || std::env::var_os("LAYERDRIFT_SLOW").is_some_and(|v| v == "1");
     (s.slow && !slow_ok).then(|| {
         "slow scenario (`slow: true`): runs in release builds (`cargo test --release`) or with LAYERDRIFT_SLOW=1".to_string()
     })
@@ -189,7 +198,8 @@ fn slow_reason(s: &Scenario) -> Option<String> {
 /// Every trial of a scenario, sorted by name.
 pub fn plan(s: &Scenario, session: &Session) -> Vec<TrialPlan> {
     let mut out = Vec::new();
-    let mut backends: Vec<Arc<dyn Backend>> = session.backend(ORACLE).into_iter().cloned().collect();
+    let mut backends: Vec<Arc<dyn Backend>> =
+        session.backend(ORACLE).into_iter().cloned().collect();
     backends.extend(session.scenario_backends(s));
     for b in backends {
         let id = b.info().id();
@@ -210,7 +220,10 @@ pub fn plan(s: &Scenario, session: &Session) -> Vec<TrialPlan> {
         }
         let snapshot_ignored = slow_reason(s)
             .or_else(|| unavailable.clone())
-            .or_else(|| (id != ORACLE && all_ignored).then(|| "no comparison of this backend can run here".to_string()))
+            .or_else(|| {
+                (id != ORACLE && all_ignored)
+                    .then(|| "no comparison of this backend can run here".to_string())
+            })
             .or_else(|| crate::snapshot::unrecorded(&crate::snapshot::class_of(&b.info())));
         out.push(TrialPlan {
             name: format!("{}/{id}/snapshot", s.name),

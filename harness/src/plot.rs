@@ -29,7 +29,8 @@ pub struct Panel {
 }
 
 const PALETTE: [&str; 10] = [
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf",
 ];
 const PW: f64 = 520.0;
 const PH: f64 = 380.0;
@@ -39,7 +40,9 @@ const MT: f64 = 34.0;
 const MB: f64 = 46.0;
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// Round-number ticks covering `0..=max`.
@@ -49,8 +52,14 @@ fn linear_ticks(max: f64) -> Vec<f64> {
     }
     let raw = max / 5.0;
     let mag = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 2.5, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag);
-    (0..=((max / step).ceil() as usize)).map(|i| i as f64 * step).collect()
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * mag);
+    (0..=((max / step).ceil() as usize))
+        .map(|i| i as f64 * step)
+        .collect()
 }
 
 /// Renders `panels` side by side (three per row) under `title`.
@@ -64,7 +73,12 @@ pub fn svg(title: &str, ylabel: &str, panels: &[Panel], log_y: bool) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
     );
     let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-    let _ = writeln!(s, r#"<text x="{}" y="24" text-anchor="middle" font-size="15">{}</text>"#, w / 2.0, esc(title));
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="24" text-anchor="middle" font-size="15">{}</text>"#,
+        w / 2.0,
+        esc(title)
+    );
     for (i, p) in panels.iter().enumerate() {
         let ox = (i % cols) as f64 * PW;
         let oy = 40.0 + (i / cols) as f64 * PH;
@@ -77,12 +91,26 @@ pub fn svg(title: &str, ylabel: &str, panels: &[Panel], log_y: bool) -> String {
 fn panel(s: &mut String, p: &Panel, ox: f64, oy: f64, ylabel: &str, log_y: bool) {
     let (x0, x1) = (ox + ML, ox + PW - MR);
     let (y0, y1) = (oy + PH - MB, oy + MT);
-    let layers = p.series.iter().map(|s| s.values.len()).max().unwrap_or(1).max(1);
-    let finite = || p.series.iter().flat_map(|s| s.values.iter().copied()).filter(|v| v.is_finite());
+    let layers = p
+        .series
+        .iter()
+        .map(|s| s.values.len())
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let finite = || {
+        p.series
+            .iter()
+            .flat_map(|s| s.values.iter().copied())
+            .filter(|v| v.is_finite())
+    };
     let max = finite().fold(0.0f64, f64::max);
     let min_pos = finite().filter(|v| *v > 0.0).fold(f64::INFINITY, f64::min);
     let (lo, hi, ticks): (f64, f64, Vec<f64>) = if log_y && min_pos.is_finite() {
-        let (a, b) = (min_pos.log10().floor(), max.log10().ceil().max(min_pos.log10().floor() + 1.0));
+        let (a, b) = (
+            min_pos.log10().floor(),
+            max.log10().ceil().max(min_pos.log10().floor() + 1.0),
+        );
         (a, b, (a as i32..=b as i32).map(f64::from).collect())
     } else {
         let t = linear_ticks(max);
@@ -100,25 +128,72 @@ fn panel(s: &mut String, p: &Panel, ox: f64, oy: f64, ylabel: &str, log_y: bool)
         };
         Some(y0 - (t - lo) / (hi - lo).max(f64::MIN_POSITIVE) * (y0 - y1))
     };
-    let xmap = |l: usize| x0 + if layers > 1 { (l as f64) / (layers - 1) as f64 * (x1 - x0) } else { (x1 - x0) / 2.0 };
+    let xmap = |l: usize| {
+        x0 + if layers > 1 {
+            (l as f64) / (layers - 1) as f64 * (x1 - x0)
+        } else {
+            (x1 - x0) / 2.0
+        }
+    };
 
-    let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle" font-size="13">{}</text>"#, (x0 + x1) / 2.0, oy + 20.0, esc(&p.title));
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle" font-size="13">{}</text>"#,
+        (x0 + x1) / 2.0,
+        oy + 20.0,
+        esc(&p.title)
+    );
     // Grid and y ticks.
     for t in &ticks {
-        let y = if log { y0 - (t - lo) / (hi - lo) * (y0 - y1) } else { ymap(*t).unwrap_or(y0) };
-        let label = if log { format!("1e{}", *t as i32) } else { crate::report::sig3(*t) };
-        let _ = writeln!(s, r##"<line x1="{x0}" y1="{y}" x2="{x1}" y2="{y}" stroke="#e5e5e5"/>"##);
-        let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="end">{label}</text>"#, x0 - 6.0, y + 4.0);
+        let y = if log {
+            y0 - (t - lo) / (hi - lo) * (y0 - y1)
+        } else {
+            ymap(*t).unwrap_or(y0)
+        };
+        let label = if log {
+            format!("1e{}", *t as i32)
+        } else {
+            crate::report::sig3(*t)
+        };
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x0}" y1="{y}" x2="{x1}" y2="{y}" stroke="#e5e5e5"/>"##
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="end">{label}</text>"#,
+            x0 - 6.0,
+            y + 4.0
+        );
     }
     // x ticks: about ten.
     let step = layers.div_ceil(10).max(1);
     for l in (0..layers).step_by(step) {
         let x = xmap(l);
-        let _ = writeln!(s, r##"<line x1="{x}" y1="{y0}" x2="{x}" y2="{}" stroke="#333"/>"##, y0 + 4.0);
-        let _ = writeln!(s, r#"<text x="{x}" y="{}" text-anchor="middle">{}</text>"#, y0 + 18.0, l + 1);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x}" y1="{y0}" x2="{x}" y2="{}" stroke="#333"/>"##,
+            y0 + 4.0
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{x}" y="{}" text-anchor="middle">{}</text>"#,
+            y0 + 18.0,
+            l + 1
+        );
     }
-    let _ = writeln!(s, r##"<rect x="{x0}" y="{y1}" width="{}" height="{}" fill="none" stroke="#333"/>"##, x1 - x0, y0 - y1);
-    let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">layer</text>"#, (x0 + x1) / 2.0, y0 + 36.0);
+    let _ = writeln!(
+        s,
+        r##"<rect x="{x0}" y="{y1}" width="{}" height="{}" fill="none" stroke="#333"/>"##,
+        x1 - x0,
+        y0 - y1
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">layer</text>"#,
+        (x0 + x1) / 2.0,
+        y0 + 36.0
+    );
     let _ = writeln!(
         s,
         r#"<text transform="translate({},{}) rotate(-90)" text-anchor="middle">{}</text>"#,
@@ -129,56 +204,125 @@ fn panel(s: &mut String, p: &Panel, ox: f64, oy: f64, ylabel: &str, log_y: bool)
     // Lines.
     for (i, series) in p.series.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
-        let dash = if i >= PALETTE.len() { r#" stroke-dasharray="5,3""# } else { "" };
+        let dash = if i >= PALETTE.len() {
+            r#" stroke-dasharray="5,3""#
+        } else {
+            ""
+        };
         let mut d = String::new();
         let mut pen_down = false;
         for (l, v) in series.values.iter().enumerate() {
             match ymap(*v).filter(|_| v.is_finite()) {
                 Some(y) => {
-                    let _ = write!(d, "{}{:.1},{:.1} ", if pen_down { "L" } else { "M" }, xmap(l), y);
+                    let _ = write!(
+                        d,
+                        "{}{:.1},{:.1} ",
+                        if pen_down { "L" } else { "M" },
+                        xmap(l),
+                        y
+                    );
                     pen_down = true;
-                    let _ = writeln!(s, r#"<circle cx="{:.1}" cy="{y:.1}" r="2.5" fill="{color}"/>"#, xmap(l));
+                    let _ = writeln!(
+                        s,
+                        r#"<circle cx="{:.1}" cy="{y:.1}" r="2.5" fill="{color}"/>"#,
+                        xmap(l)
+                    );
                 }
                 None => pen_down = false,
             }
         }
-        let _ = writeln!(s, r#"<path d="{d}" fill="none" stroke="{color}" stroke-width="1.6"{dash}/>"#);
+        let _ = writeln!(
+            s,
+            r#"<path d="{d}" fill="none" stroke="{color}" stroke-width="1.6"{dash}/>"#
+        );
         let ly = y1 + 14.0 + 15.0 * i as f64;
-        let _ = writeln!(s, r#"<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="{color}" stroke-width="2"{dash}/>"#, x0 + 8.0, ly - 4.0, x0 + 28.0, ly - 4.0);
-        let _ = writeln!(s, r#"<text x="{}" y="{ly}">{}</text>"#, x0 + 33.0, esc(&series.label));
+        let _ = writeln!(
+            s,
+            r#"<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="{color}" stroke-width="2"{dash}/>"#,
+            x0 + 8.0,
+            ly - 4.0,
+            x0 + 28.0,
+            ly - 4.0
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{ly}">{}</text>"#,
+            x0 + 33.0,
+            esc(&series.label)
+        );
     }
 }
 
 /// Figures for a scenario's outcomes: one per check family (`full-vs-rows`,
 /// `full-vs-oracle`, `full-cross`), panels by the variant without its batch
 /// axis, one line per backend (pair) and batch size. Returns `(file stem, svg)`.
-pub fn figures(scenario: &str, outcomes: &[Outcome], metric: &str, log_y: bool) -> Vec<(String, String)> {
+pub fn figures(
+    scenario: &str,
+    outcomes: &[Outcome],
+    metric: &str,
+    log_y: bool,
+) -> Vec<(String, String)> {
     // family → panel → series
     let mut fams: BTreeMap<String, BTreeMap<String, Vec<Series>>> = BTreeMap::new();
     for o in outcomes {
         let c = &o.comparison;
         let cross = c.b.backend != c.a.backend && c.b.backend != ORACLE;
-        let family = if cross { format!("{}-cross", c.a.strategy) } else { c.name.clone() };
-        let who = if cross { format!("{} vs {}", c.a.backend, c.b.backend) } else { c.a.backend.clone() };
+        let family = if cross {
+            format!("{}-cross", c.a.strategy)
+        } else {
+            c.name.clone()
+        };
+        let who = if cross {
+            format!("{} vs {}", c.a.backend, c.b.backend)
+        } else {
+            c.a.backend.clone()
+        };
         for v in &o.variants {
             let Some(p) = &v.profile else { continue };
-            let (panel_parts, line_parts): (Vec<&str>, Vec<&str>) =
-                v.variant.split(',').filter(|x| *x != "base").partition(|kv| !kv.starts_with("batch="));
-            let panel = if panel_parts.is_empty() { "all".to_string() } else { panel_parts.join(", ") };
-            let label = if line_parts.is_empty() { who.clone() } else { format!("{who}, {}", line_parts.join(",")) };
+            let (panel_parts, line_parts): (Vec<&str>, Vec<&str>) = v
+                .variant
+                .split(',')
+                .filter(|x| *x != "base")
+                .partition(|kv| !kv.starts_with("batch="));
+            let panel = if panel_parts.is_empty() {
+                "all".to_string()
+            } else {
+                panel_parts.join(", ")
+            };
+            let label = if line_parts.is_empty() {
+                who.clone()
+            } else {
+                format!("{who}, {}", line_parts.join(","))
+            };
             let values = p
                 .layers
                 .iter()
-                .map(|d| if d.non_finite > 0 { f64::NAN } else { metric_of(d, metric) })
+                .map(|d| {
+                    if d.non_finite > 0 {
+                        f64::NAN
+                    } else {
+                        metric_of(d, metric)
+                    }
+                })
                 .collect();
-            fams.entry(family.clone()).or_default().entry(panel).or_default().push(Series { label, values });
+            fams.entry(family.clone())
+                .or_default()
+                .entry(panel)
+                .or_default()
+                .push(Series { label, values });
         }
     }
     fams.into_iter()
         .map(|(family, panels)| {
-            let panels: Vec<Panel> = panels.into_iter().map(|(title, series)| Panel { title, series }).collect();
+            let panels: Vec<Panel> = panels
+                .into_iter()
+                .map(|(title, series)| Panel { title, series })
+                .collect();
             let title = format!("{scenario}: {family} — {metric} of the observed rows per layer");
-            (family, svg(&title, &format!("{metric} |a − b|"), &panels, log_y))
+            (
+                family,
+                svg(&title, &format!("{metric} |a − b|"), &panels, log_y),
+            )
         })
         .collect()
 }
@@ -203,8 +347,14 @@ mod tests {
         let p = Panel {
             title: "residual=<on>".into(),
             series: vec![
-                Series { label: "a".into(), values: vec![1e-7, 2e-7, 3e-7] },
-                Series { label: "b".into(), values: vec![0.0, f64::NAN, 0.0] },
+                Series {
+                    label: "a".into(),
+                    values: vec![1e-7, 2e-7, 3e-7],
+                },
+                Series {
+                    label: "b".into(),
+                    values: vec![0.0, f64::NAN, 0.0],
+                },
             ],
         };
         let s = svg("t", "mean", &[p], false);

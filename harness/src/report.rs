@@ -121,15 +121,25 @@ impl DriftSnapshot {
                             Some(p) => SnapVariant {
                                 variant: v.variant.clone(),
                                 skipped: None,
-                                first_divergence: Some(p.first_divergence.map_or("none".into(), |d| {
-                                    format!("row {}, layer {}", d.row, d.layer)
-                                })),
-                                growth_exponent: Some(p.growth.exponent.map_or("none".into(), |e| format!("{e:.2}"))),
-                                layers: p.layers.iter().enumerate().map(|(i, d)| layer_line(i + 1, d)).collect(),
-                                last_row_mean_abs: p
-                                    .last_row_mean_abs
-                                    .as_ref()
-                                    .map(|v| v.iter().map(|x| sig3(*x)).collect::<Vec<_>>().join(" ")),
+                                first_divergence: Some(
+                                    p.first_divergence.map_or("none".into(), |d| {
+                                        format!("row {}, layer {}", d.row, d.layer)
+                                    }),
+                                ),
+                                growth_exponent: Some(
+                                    p.growth
+                                        .exponent
+                                        .map_or("none".into(), |e| format!("{e:.2}")),
+                                ),
+                                layers: p
+                                    .layers
+                                    .iter()
+                                    .enumerate()
+                                    .map(|(i, d)| layer_line(i + 1, d))
+                                    .collect(),
+                                last_row_mean_abs: p.last_row_mean_abs.as_ref().map(|v| {
+                                    v.iter().map(|x| sig3(*x)).collect::<Vec<_>>().join(" ")
+                                }),
                             },
                         })
                         .collect(),
@@ -192,7 +202,12 @@ pub fn table(o: &Outcome, metric: &str) -> String {
     if cols.is_empty() {
         return s;
     }
-    let width = cols.iter().map(|v| v.variant.len()).max().unwrap_or(8).max(9);
+    let width = cols
+        .iter()
+        .map(|v| v.variant.len())
+        .max()
+        .unwrap_or(8)
+        .max(9);
     let _ = write!(s, "  {:>5}", "layer");
     for v in &cols {
         let _ = write!(s, "  {:>width$}", v.variant);

@@ -9,10 +9,12 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
-use layerdrift_backends::model::{Activation, AttentionForm, DecoderSpec, ModelSpec, Norm, ResidualMlpSpec};
+use layerdrift_backends::model::{
+    Activation, AttentionForm, DecoderSpec, ModelSpec, Norm, ResidualMlpSpec,
+};
 use layerdrift_backends::{DType, Row, Schedule, Weights};
-use serde::de::{self, Deserializer, IntoDeserializer, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, IntoDeserializer, SeqAccess, Visitor};
 
 use crate::bounds::Bounds;
 use crate::locate::{PathIndex, Pos};
@@ -31,7 +33,14 @@ pub struct ScenarioError {
 impl fmt::Display for ScenarioError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.pos {
-            Some(p) => write!(f, "{}:{}:{}: {}", self.file.display(), p.line, p.col, self.message),
+            Some(p) => write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                p.line,
+                p.col,
+                self.message
+            ),
             None => write!(f, "{}: {}", self.file.display(), self.message),
         }
     }
@@ -247,8 +256,12 @@ impl<'de> Deserialize<'de> for RawStrategy {
                 match v {
                     "full" => Ok(RawStrategy::Full),
                     "rows" => Ok(RawStrategy::Rows),
-                    "kv_cache" => Err(E::custom("`kv_cache` needs its prefill length: `kv_cache: { prefill: N }`")),
-                    "chunked" => Err(E::custom("`chunked` needs its chunk size: `chunked: { chunk: N }`")),
+                    "kv_cache" => Err(E::custom(
+                        "`kv_cache` needs its prefill length: `kv_cache: { prefill: N }`",
+                    )),
+                    "chunked" => Err(E::custom(
+                        "`chunked` needs its chunk size: `chunked: { chunk: N }`",
+                    )),
                     other => Err(E::unknown_variant(other, STRATEGIES)),
                 }
             }
@@ -257,10 +270,16 @@ impl<'de> Deserialize<'de> for RawStrategy {
                     return Err(de::Error::custom("empty mapping: expected a strategy"));
                 };
                 let s = match key.as_str() {
-                    "kv_cache" => RawStrategy::KvCache { prefill: map.next_value::<KvCacheArgs>()?.prefill },
-                    "chunked" => RawStrategy::Chunked { chunk: map.next_value::<ChunkedArgs>()?.chunk },
+                    "kv_cache" => RawStrategy::KvCache {
+                        prefill: map.next_value::<KvCacheArgs>()?.prefill,
+                    },
+                    "chunked" => RawStrategy::Chunked {
+                        chunk: map.next_value::<ChunkedArgs>()?.chunk,
+                    },
                     "full" | "rows" => {
-                        return Err(de::Error::custom(format!("`{key}` takes no arguments: write it as a plain name")));
+                        return Err(de::Error::custom(format!(
+                            "`{key}` takes no arguments: write it as a plain name"
+                        )));
                     }
                     other => return Err(de::Error::unknown_variant(other, STRATEGIES)),
                 };
@@ -341,7 +360,9 @@ impl Strategy {
             RawStrategy::KvCache { prefill } => {
                 format!("kv_cache (prefill {prefill} positions, then decode one at a time)")
             }
-            RawStrategy::Chunked { chunk } => format!("chunked (chunks of {chunk} through the KV cache)"),
+            RawStrategy::Chunked { chunk } => {
+                format!("chunked (chunks of {chunk} through the KV cache)")
+            }
         }
     }
 }
@@ -479,7 +500,11 @@ impl Scenario {
 
     /// Parses and validates scenario `text` (from `path`, for messages and
     /// relative file paths).
-    pub fn parse(path: &Path, text: &str, known_backends: &[&str]) -> Result<Scenario, ScenarioErrors> {
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        known_backends: &[&str],
+    ) -> Result<Scenario, ScenarioErrors> {
         let raw: RawScenario = serde_yaml::from_str(text).map_err(|e| {
             let pos = e.location().map(|l| Pos {
                 line: l.line(),
@@ -538,7 +563,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+            cur.push(
+                (prev[j] + usize::from(ca != *cb))
+                    .min(prev[j + 1] + 1)
+                    .min(cur[j] + 1),
+            );
         }
         prev = cur;
     }
@@ -565,7 +594,10 @@ impl Validator {
 
     fn axis<T: Clone>(&mut self, path: &str, a: Axis<T>) -> Vec<T> {
         if a.0.is_empty() {
-            self.err(path, "empty list: give at least one value (or a single value instead of a list)");
+            self.err(
+                path,
+                "empty list: give at least one value (or a single value instead of a list)",
+            );
         }
         a.0
     }
@@ -597,12 +629,18 @@ impl Validator {
         let hidden = m.hidden.unwrap_or(if decoder { 4 * m.dim } else { m.dim });
         self.positive("model.hidden", hidden);
         if !(m.eps > 0.0 && m.eps.is_finite()) {
-            self.err("model.eps", format!("must be a positive number, got {}", m.eps));
+            self.err(
+                "model.eps",
+                format!("must be a positive number, got {}", m.eps),
+            );
         }
         let heads = if decoder {
             match m.heads {
                 None => {
-                    self.err("model", "a decoder needs `heads:` (dim must be divisible by it)");
+                    self.err(
+                        "model",
+                        "a decoder needs `heads:` (dim must be divisible by it)",
+                    );
                     1
                 }
                 Some(0) => {
@@ -611,29 +649,57 @@ impl Validator {
                 }
                 Some(h) => {
                     if m.dim % h != 0 {
-                        self.err("model.heads", format!("{h} heads do not divide dim {}; pick a divisor of {}", m.dim, m.dim));
+                        self.err(
+                            "model.heads",
+                            format!(
+                                "{h} heads do not divide dim {}; pick a divisor of {}",
+                                m.dim, m.dim
+                            ),
+                        );
                     }
                     h
                 }
             }
         } else {
             if m.heads.is_some() {
-                self.err("model.heads", "only a `decoder` has heads; remove it or set `kind: decoder`");
+                self.err(
+                    "model.heads",
+                    "only a `decoder` has heads; remove it or set `kind: decoder`",
+                );
             }
             1
         };
         let wants_rope = m.rope.as_ref().is_some_and(|r| r.0.contains(&true));
-        if wants_rope && decoder && m.heads.is_some_and(|h| h > 0 && m.dim % h == 0 && (m.dim / h) % 2 == 1) {
-            self.err("model.rope", format!("rotary embeddings need an even head dim; dim {} / heads {heads} is odd", m.dim));
+        if wants_rope
+            && decoder
+            && m.heads
+                .is_some_and(|h| h > 0 && m.dim % h == 0 && (m.dim / h) % 2 == 1)
+        {
+            self.err(
+                "model.rope",
+                format!(
+                    "rotary embeddings need an even head dim; dim {} / heads {heads} is odd",
+                    m.dim
+                ),
+            );
         }
         if !decoder {
-            for (key, set) in [("rope", m.rope.is_some()), ("attention", m.attention.is_some())] {
+            for (key, set) in [
+                ("rope", m.rope.is_some()),
+                ("attention", m.attention.is_some()),
+            ] {
                 if set {
-                    self.err(&format!("model.{key}"), "only a `decoder` has this; remove it or set `kind: decoder`");
+                    self.err(
+                        &format!("model.{key}"),
+                        "only a `decoder` has this; remove it or set `kind: decoder`",
+                    );
                 }
             }
         } else if m.residual.is_some() {
-            self.err("model.residual", "a decoder's blocks are always residual; remove `residual:`");
+            self.err(
+                "model.residual",
+                "a decoder's blocks are always residual; remove `residual:`",
+            );
         }
         if !(m.rope_theta > 0.0) {
             self.err("model.rope_theta", "must be positive");
@@ -642,9 +708,17 @@ impl Validator {
         let raw_model = raw.model;
         let activations = self.axis("model.activation", raw_model.activation);
         let norms = self.axis("model.norm", raw_model.norm);
-        let residuals = self.axis("model.residual", raw_model.residual.unwrap_or(Axis::one(true)));
+        let residuals = self.axis(
+            "model.residual",
+            raw_model.residual.unwrap_or(Axis::one(true)),
+        );
         let ropes = self.axis("model.rope", raw_model.rope.unwrap_or(Axis::one(false)));
-        let attentions = self.axis("model.attention", raw_model.attention.unwrap_or(Axis::one(RawAttention::Manual)));
+        let attentions = self.axis(
+            "model.attention",
+            raw_model
+                .attention
+                .unwrap_or(Axis::one(RawAttention::Manual)),
+        );
         let dtypes = self.axis("dtype", raw.dtype);
 
         // Input.
@@ -655,7 +729,10 @@ impl Validator {
                 tensor: t.clone().unwrap_or_else(|| "input".into()),
             },
             (None, Some(_)) => {
-                self.err("input.tensor", "`tensor:` names a tensor in `file:`; add `file:` or remove it");
+                self.err(
+                    "input.tensor",
+                    "`tensor:` names a tensor in `file:`; add `file:` or remove it",
+                );
                 InputSource::Seed(inp.seed)
             }
             (None, None) => InputSource::Seed(inp.seed),
@@ -699,7 +776,10 @@ impl Validator {
                 if !(i.std > 0.0 && i.std.is_finite()) {
                     self.err("weights.init.std", "must be a positive number");
                 }
-                WeightSource::Init { seed: i.seed, std: i.std }
+                WeightSource::Init {
+                    seed: i.seed,
+                    std: i.std,
+                }
             }
             (None, Some(f)) => WeightSource::File(self.relative(&f)),
             (None, None) => WeightSource::Init { seed: 0, std: 0.2 },
@@ -708,7 +788,10 @@ impl Validator {
         // Strategies.
         let mut strategies = Vec::new();
         if raw.strategies.is_empty() {
-            self.err("strategies", "empty list: name at least one of full, rows, kv_cache, chunked");
+            self.err(
+                "strategies",
+                "empty list: name at least one of full, rows, kv_cache, chunked",
+            );
         }
         for (i, s) in raw.strategies.into_iter().enumerate() {
             let at = format!("strategies[{i}]");
@@ -759,13 +842,22 @@ impl Validator {
             let at = format!("checks[{i}]");
             let known = |key: &str, s: &str, this: &mut Self| {
                 if !strategy_names.contains(&s) {
-                    this.err(&format!("{at}.{key}"), format!("no strategy `{s}` in this scenario (it has: {})", strategy_names.join(", ")));
+                    this.err(
+                        &format!("{at}.{key}"),
+                        format!(
+                            "no strategy `{s}` in this scenario (it has: {})",
+                            strategy_names.join(", ")
+                        ),
+                    );
                 }
             };
             let pairing = match (c.strategies, c.oracle, c.cross) {
                 (Some(pair), None, None) => {
                     if pair.len() != 2 {
-                        self.err(&format!("{at}.strategies"), format!("name exactly two strategies to compare, got {}", pair.len()));
+                        self.err(
+                            &format!("{at}.strategies"),
+                            format!("name exactly two strategies to compare, got {}", pair.len()),
+                        );
                         continue;
                     }
                     known("strategies", &pair[0], self);
@@ -785,17 +877,28 @@ impl Validator {
                     continue;
                 }
             };
-            for (key, b) in std::iter::once(("bounds".to_string(), &c.bounds))
-                .chain(c.backend_bounds.iter().map(|(k, b)| (format!("backend_bounds.{k}"), b)))
-            {
+            for (key, b) in std::iter::once(("bounds".to_string(), &c.bounds)).chain(
+                c.backend_bounds
+                    .iter()
+                    .map(|(k, b)| (format!("backend_bounds.{k}"), b)),
+            ) {
                 for problem in b.problems() {
                     self.err(&format!("{at}.{key}"), problem);
                 }
             }
             for k in c.backend_bounds.keys() {
-                let base = k.rsplit_once('-').filter(|(_, d)| DEVICES.contains(d)).map_or(k.as_str(), |(b, _)| b);
+                let base = k
+                    .rsplit_once('-')
+                    .filter(|(_, d)| DEVICES.contains(d))
+                    .map_or(k.as_str(), |(b, _)| b);
                 if !known_backends.contains(&base) && !known_backends.contains(&k.as_str()) {
-                    self.err(&format!("{at}.backend_bounds.{k}"), format!("unknown backend `{k}` (known: {})", known_backends.join(", ")));
+                    self.err(
+                        &format!("{at}.backend_bounds.{k}"),
+                        format!(
+                            "unknown backend `{k}` (known: {})",
+                            known_backends.join(", ")
+                        ),
+                    );
                 }
             }
             checks.push(Check {
@@ -811,24 +914,57 @@ impl Validator {
 
         // Backends and devices.
         let backends = raw.backends.unwrap_or_else(|| {
-            known_backends.iter().filter(|b| **b != "reference").map(|s| s.to_string()).collect()
+            known_backends
+                .iter()
+                .filter(|b| **b != "reference")
+                .map(|s| s.to_string())
+                .collect()
         });
         for (i, b) in backends.iter().enumerate() {
             if !known_backends.contains(&b.as_str()) || b == "reference" {
-                let hint = known_backends.iter().map(|k| (edit_distance(b, k), *k)).min().filter(|(d, _)| *d <= 3);
-                let hint = hint.map(|(_, k)| format!(" — did you mean `{k}`?")).unwrap_or_default();
-                let why = if b == "reference" { "`reference` always runs as the oracle; do not list it" } else { "unknown backend" };
-                self.err(&format!("backends[{i}]"), format!("{why} `{b}` (known: {}){hint}", known_backends.iter().filter(|k| **k != "reference").copied().collect::<Vec<_>>().join(", ")));
+                let hint = known_backends
+                    .iter()
+                    .map(|k| (edit_distance(b, k), *k))
+                    .min()
+                    .filter(|(d, _)| *d <= 3);
+                let hint = hint
+                    .map(|(_, k)| format!(" — did you mean `{k}`?"))
+                    .unwrap_or_default();
+                let why = if b == "reference" {
+                    "`reference` always runs as the oracle; do not list it"
+                } else {
+                    "unknown backend"
+                };
+                self.err(
+                    &format!("backends[{i}]"),
+                    format!(
+                        "{why} `{b}` (known: {}){hint}",
+                        known_backends
+                            .iter()
+                            .filter(|k| **k != "reference")
+                            .copied()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
             }
         }
-        let devices = raw.devices.unwrap_or_else(|| vec!["cpu".into(), "cuda".into()]);
+        let devices = raw
+            .devices
+            .unwrap_or_else(|| vec!["cpu".into(), "cuda".into()]);
         for (i, d) in devices.iter().enumerate() {
             if !DEVICES.contains(&d.as_str()) {
-                self.err(&format!("devices[{i}]"), format!("unknown device `{d}` (known: {})", DEVICES.join(", ")));
+                self.err(
+                    &format!("devices[{i}]"),
+                    format!("unknown device `{d}` (known: {})", DEVICES.join(", ")),
+                );
             }
         }
         if raw.threads == Some(0) {
-            self.err("threads", "must be at least 1 (or leave it out for the library's default)");
+            self.err(
+                "threads",
+                "must be at least 1 (or leave it out for the library's default)",
+            );
         }
 
         // Variants: the cartesian product of every axis.
@@ -849,17 +985,28 @@ impl Validator {
                                             }
                                         };
                                         ax("dtype", dtypes.len(), dtype_of(dtype).to_string());
-                                        ax("activation", activations.len(), act_of(act).name().into());
+                                        ax(
+                                            "activation",
+                                            activations.len(),
+                                            act_of(act).name().into(),
+                                        );
                                         ax("norm", norms.len(), norm_of(norm).name().into());
                                         ax("residual", residuals.len(), residual.to_string());
                                         ax("rope", ropes.len(), rope.to_string());
-                                        ax("attention", attentions.len(), att_of(att).name().into());
+                                        ax(
+                                            "attention",
+                                            attentions.len(),
+                                            att_of(att).name().into(),
+                                        );
                                         ax("batch", batches.len(), batch.to_string());
                                         ax("seq", seqs.len(), seq.to_string());
                                         let label = if axes.is_empty() {
                                             "base".to_string()
                                         } else {
-                                            axes.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+                                            axes.iter()
+                                                .map(|(k, v)| format!("{k}={v}"))
+                                                .collect::<Vec<_>>()
+                                                .join(",")
                                         };
                                         let model = if decoder {
                                             ModelSpec::Decoder(DecoderSpec {
@@ -884,8 +1031,18 @@ impl Validator {
                                                 residual,
                                             })
                                         };
-                                        let observed = self.observed(&observe, batch, seq, decoded_from).unwrap_or_default();
-                                        variants.push(Variant { label, axes, model, batch, seq, dtype: dtype_of(dtype), observed });
+                                        let observed = self
+                                            .observed(&observe, batch, seq, decoded_from)
+                                            .unwrap_or_default();
+                                        variants.push(Variant {
+                                            label,
+                                            axes,
+                                            model,
+                                            batch,
+                                            seq,
+                                            dtype: dtype_of(dtype),
+                                            observed,
+                                        });
                                     }
                                 }
                             }
@@ -925,9 +1082,20 @@ impl Validator {
     }
 
     /// Resolves `observe:` for one variant.
-    fn observed(&mut self, v: &serde_yaml::Value, batch: usize, seq: usize, decoded_from: Option<usize>) -> Option<Vec<Row>> {
+    fn observed(
+        &mut self,
+        v: &serde_yaml::Value,
+        batch: usize,
+        seq: usize,
+        decoded_from: Option<usize>,
+    ) -> Option<Vec<Row>> {
         use serde_yaml::Value;
-        let resolve = |this: &mut Self, path: &str, i: i64, n: usize, what: &str| -> Option<usize> {
+        let resolve = |this: &mut Self,
+                       path: &str,
+                       i: i64,
+                       n: usize,
+                       what: &str|
+         -> Option<usize> {
             let r = if i < 0 { n as i64 + i } else { i };
             if r < 0 || r >= n as i64 {
                 this.err(path, format!("{what} index {i} is out of range for {what} size {n} (use 0..{} or -{n}..-1)", n - 1));
@@ -937,13 +1105,23 @@ impl Validator {
             }
         };
         match v {
-            Value::String(s) if s == "last" => Some(vec![Row { batch: batch - 1, pos: seq - 1 }]),
+            Value::String(s) if s == "last" => Some(vec![Row {
+                batch: batch - 1,
+                pos: seq - 1,
+            }]),
             Value::String(s) if s == "decoded" => {
                 let Some(p) = decoded_from else {
                     self.err("observe", "`decoded` means the positions a `kv_cache` strategy decodes; this scenario has none");
                     return None;
                 };
-                Some((p..seq).map(|pos| Row { batch: batch - 1, pos }).collect())
+                Some(
+                    (p..seq)
+                        .map(|pos| Row {
+                            batch: batch - 1,
+                            pos,
+                        })
+                        .collect(),
+                )
             }
             Value::Mapping(m) => {
                 let mut rows = Vec::new();
@@ -951,13 +1129,21 @@ impl Validator {
                 let mut last = 1usize;
                 for (k, val) in m {
                     match (k.as_str(), val) {
-                        (Some("batch"), Value::String(s)) if s == "all" => batches = (0..batch).collect(),
-                        (Some("batch"), Value::Number(n)) if n.as_i64().is_some() => {
-                            batches = vec![resolve(self, "observe.batch", n.as_i64()?, batch, "batch")?]
+                        (Some("batch"), Value::String(s)) if s == "all" => {
+                            batches = (0..batch).collect()
                         }
-                        (Some("last"), Value::Number(n)) if n.as_u64().is_some_and(|n| n >= 1) => last = n.as_u64()? as usize,
+                        (Some("batch"), Value::Number(n)) if n.as_i64().is_some() => {
+                            batches =
+                                vec![resolve(self, "observe.batch", n.as_i64()?, batch, "batch")?]
+                        }
+                        (Some("last"), Value::Number(n)) if n.as_u64().is_some_and(|n| n >= 1) => {
+                            last = n.as_u64()? as usize
+                        }
                         _ => {
-                            self.err("observe", "expected `{ batch: <index or all>, last: <count> }`");
+                            self.err(
+                                "observe",
+                                "expected `{ batch: <index or all>, last: <count> }`",
+                            );
                             return None;
                         }
                     }
@@ -966,7 +1152,10 @@ impl Validator {
                     batches = vec![batch - 1];
                 }
                 if last > seq {
-                    self.err("observe.last", format!("{last} positions asked but seq is {seq}"));
+                    self.err(
+                        "observe.last",
+                        format!("{last} positions asked but seq is {seq}"),
+                    );
                     return None;
                 }
                 for b in batches {
@@ -977,7 +1166,9 @@ impl Validator {
             Value::Sequence(items) if !items.is_empty() => {
                 let mut rows = Vec::new();
                 for (i, item) in items.iter().enumerate() {
-                    let pair: Option<Vec<i64>> = item.as_sequence().map(|s| s.iter().filter_map(|x| x.as_i64()).collect());
+                    let pair: Option<Vec<i64>> = item
+                        .as_sequence()
+                        .map(|s| s.iter().filter_map(|x| x.as_i64()).collect());
                     match pair.as_deref() {
                         Some(&[b, p]) => {
                             let at = format!("observe[{i}]");

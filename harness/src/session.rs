@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use layerdrift_backends::weights::read_safetensors;
 use layerdrift_backends::{
-    Backend, BackendError, BackendInfo, Checkpoints, HostTensor, RunRequest, Weights, generate_input,
+    Backend, BackendError, BackendInfo, Checkpoints, HostTensor, RunRequest, Weights,
+    generate_input,
 };
 
 use crate::scenario::{InputSource, Scenario, WeightSource};
@@ -62,7 +63,11 @@ pub struct Session {
 pub const ORACLE: &str = "reference-cpu";
 
 fn slot<T>(map: &Mutex<HashMap<String, Slot<T>>>, key: String) -> Slot<T> {
-    map.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default().clone()
+    map.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(key)
+        .or_default()
+        .clone()
 }
 
 impl Default for Session {
@@ -75,7 +80,10 @@ impl Session {
     /// A session over every backend this build knows.
     pub fn new() -> Session {
         Session {
-            backends: layerdrift_backends::registry().into_iter().map(Arc::from).collect(),
+            backends: layerdrift_backends::registry()
+                .into_iter()
+                .map(Arc::from)
+                .collect(),
             runs: Mutex::default(),
             weights: Mutex::default(),
             inputs: Mutex::default(),
@@ -122,7 +130,11 @@ impl Session {
 
     fn weights(&self, s: &Scenario, v: usize) -> Result<Arc<Weights>, String> {
         let model = &s.variants[v].model;
-        let shapes: Vec<_> = model.parameters().into_iter().map(|p| (p.name, p.shape)).collect();
+        let shapes: Vec<_> = model
+            .parameters()
+            .into_iter()
+            .map(|p| (p.name, p.shape))
+            .collect();
         let key = format!("{:?}{:?}", s.weights, shapes);
         slot(&self.weights, key)
             .get_or_init(|| {
@@ -141,7 +153,9 @@ impl Session {
         let key = format!("{:?}/{}/{}/{dim}", s.input, var.batch, var.seq);
         slot(&self.inputs, key)
             .get_or_init(|| match &s.input {
-                InputSource::Seed(seed) => Ok(Arc::new(generate_input(var.batch, var.seq, dim, *seed))),
+                InputSource::Seed(seed) => {
+                    Ok(Arc::new(generate_input(var.batch, var.seq, dim, *seed)))
+                }
                 InputSource::File { path, tensor } => read_safetensors(path)
                     .map_err(|e| e.to_string())?
                     .remove(tensor)
@@ -152,7 +166,13 @@ impl Session {
     }
 
     /// Why `backend` cannot run variant `v` of `s` with `strategy`, if it cannot.
-    pub fn skip_reason(&self, s: &Scenario, v: usize, backend: &str, strategy: &str) -> Option<String> {
+    pub fn skip_reason(
+        &self,
+        s: &Scenario,
+        v: usize,
+        backend: &str,
+        strategy: &str,
+    ) -> Option<String> {
         let Some(b) = self.backend(backend) else {
             return Some(format!("no backend `{backend}` in this build"));
         };
@@ -165,14 +185,26 @@ impl Session {
     }
 
     /// Runs (or recalls) variant `v` of `s` on `backend` with `strategy`.
-    pub fn run(&self, s: &Scenario, v: usize, backend: &str, strategy: &str) -> Result<Arc<Run>, RunError> {
+    pub fn run(
+        &self,
+        s: &Scenario,
+        v: usize,
+        backend: &str,
+        strategy: &str,
+    ) -> Result<Arc<Run>, RunError> {
         let key = format!("{}#{v}#{backend}#{strategy}", s.path.display());
         slot(&self.runs, key)
             .get_or_init(|| self.execute(s, v, backend, strategy))
             .clone()
     }
 
-    fn execute(&self, s: &Scenario, v: usize, backend: &str, strategy: &str) -> Result<Arc<Run>, RunError> {
+    fn execute(
+        &self,
+        s: &Scenario,
+        v: usize,
+        backend: &str,
+        strategy: &str,
+    ) -> Result<Arc<Run>, RunError> {
         let b = self
             .backend(backend)
             .ok_or_else(|| RunError::Skip(format!("no backend `{backend}` in this build")))?;

@@ -67,7 +67,11 @@ fn meta(s: &Scenario, session: &Session, ids: &[&str]) -> Meta {
     let mut dtypes: Vec<String> = s.variants.iter().map(|v| v.dtype.to_string()).collect();
     dtypes.dedup();
     Meta {
-        scenario: s.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+        scenario: s
+            .path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         backends: ids
             .iter()
             .filter_map(|id| session.backend(id))
@@ -99,7 +103,14 @@ pub fn class_of(info: &layerdrift_backends::BackendInfo) -> String {
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
             .collect();
-        format!("{}-{}", info.device, name.split('-').filter(|p| !p.is_empty()).collect::<Vec<_>>().join("-"))
+        format!(
+            "{}-{}",
+            info.device,
+            name.split('-')
+                .filter(|p| !p.is_empty())
+                .collect::<Vec<_>>()
+                .join("-")
+        )
     }
 }
 
@@ -135,7 +146,11 @@ pub fn assert_snapshot<T: Serialize>(
     settings.set_snapshot_path(class_dir(class));
     settings.set_prepend_module_to_snapshot(false);
     settings.set_omit_expression(true);
-    settings.set_input_file(root().join("scenarios").join(format!("{}.yaml", meta.scenario.trim_end_matches(".yaml"))));
+    settings.set_input_file(
+        root()
+            .join("scenarios")
+            .join(format!("{}.yaml", meta.scenario.trim_end_matches(".yaml"))),
+    );
     settings.set_info(meta);
     settings.set_description(description);
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -179,7 +194,9 @@ pub fn backend_snapshot(s: &Scenario, session: &Session, backend: &str) -> Resul
                 }
                 // For row-independent models the oracle computes every
                 // strategy the same way: record it once.
-                if !matches!(v.model, layerdrift_backends::ModelSpec::Decoder(_)) && st.name != s.strategies[0].name {
+                if !matches!(v.model, layerdrift_backends::ModelSpec::Decoder(_))
+                    && st.name != s.strategies[0].name
+                {
                     activations.pop();
                 }
             }
@@ -198,24 +215,54 @@ pub fn backend_snapshot(s: &Scenario, session: &Session, backend: &str) -> Resul
             comparisons: DriftSnapshot::new(&s.name, backend, &outcomes),
         };
         let class = class_of(&b.info());
-        return assert_snapshot(&class, &name, &meta(s, session, &[ORACLE]), &s.description, &doc);
+        return assert_snapshot(
+            &class,
+            &name,
+            &meta(s, session, &[ORACLE]),
+            &s.description,
+            &doc,
+        );
     }
     let doc = DriftSnapshot::new(&s.name, backend, &outcomes);
-    assert_snapshot(&class_of(&b.info()), &name, &meta(s, session, &[backend, ORACLE]), &s.description, &doc)
+    assert_snapshot(
+        &class_of(&b.info()),
+        &name,
+        &meta(s, session, &[backend, ORACLE]),
+        &s.description,
+        &doc,
+    )
 }
 
 /// The snapshot of one cross-backend comparison, `{scenario}__{a}__vs__{b}`.
 pub fn cross_snapshot(s: &Scenario, session: &Session, outcome: &Outcome) -> Result<(), String> {
     let c = &outcome.comparison;
-    debug_assert!(s.checks.iter().any(|k| matches!(k.pairing, Pairing::Cross(_))));
-    let name = format!("{}__{}__vs__{}__{}", s.name, c.a.backend, c.b.backend, c.a.strategy);
+    debug_assert!(
+        s.checks
+            .iter()
+            .any(|k| matches!(k.pairing, Pairing::Cross(_)))
+    );
+    let name = format!(
+        "{}__{}__vs__{}__{}",
+        s.name, c.a.backend, c.b.backend, c.a.strategy
+    );
     let doc = DriftSnapshot::new(&s.name, &c.a.backend, std::slice::from_ref(outcome));
-    assert_snapshot(&cross_class(session, c), &name, &meta(s, session, &[&c.a.backend, &c.b.backend]), &s.description, &doc)
+    assert_snapshot(
+        &cross_class(session, c),
+        &name,
+        &meta(s, session, &[&c.a.backend, &c.b.backend]),
+        &s.description,
+        &doc,
+    )
 }
 
 /// The class of a cross-backend pair: the shared class, or both joined.
 pub fn cross_class(session: &Session, c: &crate::plan::Comparison) -> String {
-    let class = |id: &str| session.backend(id).map(|b| class_of(&b.info())).unwrap_or_default();
+    let class = |id: &str| {
+        session
+            .backend(id)
+            .map(|b| class_of(&b.info()))
+            .unwrap_or_default()
+    };
     let (a, b) = (class(&c.a.backend), class(&c.b.backend));
     if a == b { a } else { format!("{a}+{b}") }
 }

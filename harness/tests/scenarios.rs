@@ -32,10 +32,18 @@ fn check_trial(s: Arc<Scenario>, kind: TrialKind, backend: String) -> Result<(),
         TrialKind::Snapshot => backend_snapshot(&s, session, &backend).map_err(Failed::from),
         TrialKind::Check(c) => {
             let outcome = evaluate(&s, session, &c).map_err(Failed::from)?;
-            let compared = outcome.variants.iter().filter(|v| v.profile.is_some()).count();
+            let compared = outcome
+                .variants
+                .iter()
+                .filter(|v| v.profile.is_some())
+                .count();
             if compared == 0 {
                 // Never a pass without a comparison.
-                let why: Vec<_> = outcome.variants.iter().filter_map(|v| v.skipped.clone()).collect();
+                let why: Vec<_> = outcome
+                    .variants
+                    .iter()
+                    .filter_map(|v| v.skipped.clone())
+                    .collect();
                 return Err(format!("nothing could be compared here: {}", why.join("; ")).into());
             }
             let failures = outcome.failures(&s.name);
@@ -57,12 +65,17 @@ fn scenario_trials(dir: &Path) -> Result<(Vec<Trial>, BTreeMap<String, Vec<Strin
     let mut trials = Vec::new();
     let mut ignored: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for file in scenario_files(dir)? {
-        let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let stem = file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         match Scenario::load(&file, &session().known_names()) {
             Err(e) => {
                 // A broken scenario fails its own trial; the others still run.
                 let msg = e.to_string();
-                trials.push(Trial::test(format!("{stem}/scenario"), move || Err(msg.into())));
+                trials.push(Trial::test(format!("{stem}/scenario"), move || {
+                    Err(msg.into())
+                }));
             }
             Ok(s) => {
                 let s = Arc::new(s);
@@ -109,14 +122,24 @@ fn selftest_bound_violation() -> Result<(), Failed> {
     let yaml = format!(
         "{TINY}backends: [{name}]\ndevices: [cpu]\nchecks:\n  - oracle: full\n    bounds: {{ every_layer: {{ max_abs: 0.0 }} }}\n"
     );
-    let s = Scenario::load(&write_temp("bound.yaml", &yaml), &session().known_names()).map_err(|e| e.to_string())?;
-    let c = layerdrift::plan::comparisons(&s, session(), session().backend(&b).expect("subject").as_ref());
+    let s = Scenario::load(&write_temp("bound.yaml", &yaml), &session().known_names())
+        .map_err(|e| e.to_string())?;
+    let c = layerdrift::plan::comparisons(
+        &s,
+        session(),
+        session().backend(&b).expect("subject").as_ref(),
+    );
     let outcome = evaluate(&s, session(), &c[0])?;
     let failures = outcome.failures(&s.name);
     // f32 against f64 always differs, so a zero bound must be violated, and
     // the message must name the layer, the value and the bound.
-    if failures.is_empty() || !failures[0].contains("layer 1: max_abs") || !failures[0].contains("> 0.000e0") {
-        return Err(format!("a zero bound on f32-vs-f64 passed or said too little: {failures:?}").into());
+    if failures.is_empty()
+        || !failures[0].contains("layer 1: max_abs")
+        || !failures[0].contains("> 0.000e0")
+    {
+        return Err(
+            format!("a zero bound on f32-vs-f64 passed or said too little: {failures:?}").into(),
+        );
     }
     Ok(())
 }
@@ -128,21 +151,34 @@ fn selftest_nan_fails() -> Result<(), Failed> {
         return Err("no backend besides the oracle is built".into());
     };
     let name = b.rsplit_once('-').map_or(b.as_str(), |(n, _)| n);
-    let yaml = format!("{TINY}weights: {{ file: nan.safetensors }}\nbackends: [{name}]\ndevices: [cpu]\nchecks:\n  - strategies: [full, rows]\n");
+    let yaml = format!(
+        "{TINY}weights: {{ file: nan.safetensors }}\nbackends: [{name}]\ndevices: [cpu]\nchecks:\n  - strategies: [full, rows]\n"
+    );
     // Weights with one NaN in layer 2: every later layer is NaN.
     let model_yaml = write_temp("probe.yaml", &format!("{TINY}checks:\n  - oracle: full\n"));
     let probe = Scenario::load(&model_yaml, &session().known_names()).map_err(|e| e.to_string())?;
     let model: &ModelSpec = &probe.variants[0].model;
     let w = Weights::init(model, 0, 0.2);
     let mut tensors: BTreeMap<_, _> = w.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    tensors.get_mut("layers.1.linear1.weight").expect("param").data[0] = f32::NAN;
+    tensors
+        .get_mut("layers.1.linear1.weight")
+        .expect("param")
+        .data[0] = f32::NAN;
     let path = write_temp("scenario.yaml", &yaml);
-    write_safetensors(&path.with_file_name("nan.safetensors"), &tensors).map_err(|e| e.to_string())?;
+    write_safetensors(&path.with_file_name("nan.safetensors"), &tensors)
+        .map_err(|e| e.to_string())?;
     let s = Scenario::load(&path, &session().known_names()).map_err(|e| e.to_string())?;
-    let c = layerdrift::plan::comparisons(&s, session(), session().backend(&b).expect("subject").as_ref());
+    let c = layerdrift::plan::comparisons(
+        &s,
+        session(),
+        session().backend(&b).expect("subject").as_ref(),
+    );
     let failures = evaluate(&s, session(), &c[0])?.failures(&s.name);
     // No bounds at all, and the NaN must still fail, at layer 2.
-    if !failures.iter().any(|f| f.contains("layer 2") && f.contains("NaN or Inf")) {
+    if !failures
+        .iter()
+        .any(|f| f.contains("layer 2") && f.contains("NaN or Inf"))
+    {
         return Err(format!("NaN weights passed a check without bounds: {failures:?}").into());
     }
     Ok(())
@@ -156,7 +192,10 @@ fn selftest_bad_scenarios() -> Result<(), Failed> {
     let mut problems = Vec::new();
     for f in &files {
         let text = std::fs::read_to_string(f).map_err(|e| e.to_string())?;
-        let expect: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# expect: ")).collect();
+        let expect: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# expect: "))
+            .collect();
         let at: Option<&str> = text.lines().find_map(|l| l.strip_prefix("# at: "));
         match Scenario::load(f, &session().known_names()) {
             Ok(_) => problems.push(format!("{}: validated, but must fail", f.display())),
@@ -169,7 +208,10 @@ fn selftest_bad_scenarios() -> Result<(), Failed> {
                 }
                 let prefix = format!("{}:", f.display());
                 if !msg.starts_with(&prefix) {
-                    problems.push(format!("{}: message does not start with the file: {msg}", f.display()));
+                    problems.push(format!(
+                        "{}: message does not start with the file: {msg}",
+                        f.display()
+                    ));
                 }
                 if let Some(at) = at {
                     if !msg.starts_with(&format!("{}:{at}:", f.display())) {
@@ -179,7 +221,11 @@ fn selftest_bad_scenarios() -> Result<(), Failed> {
             }
         }
     }
-    if problems.is_empty() { Ok(()) } else { Err(problems.join("\n").into()) }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n").into())
+    }
 }
 
 fn main() -> ExitCode {
@@ -192,15 +238,26 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    trials.push(Trial::test("selftest/bound-violation-fails", selftest_bound_violation));
-    trials.push(Trial::test("selftest/nan-fails-without-bounds", selftest_nan_fails));
-    trials.push(Trial::test("selftest/bad-scenarios-are-rejected", selftest_bad_scenarios));
+    trials.push(Trial::test(
+        "selftest/bound-violation-fails",
+        selftest_bound_violation,
+    ));
+    trials.push(Trial::test(
+        "selftest/nan-fails-without-bounds",
+        selftest_nan_fails,
+    ));
+    trials.push(Trial::test(
+        "selftest/bad-scenarios-are-rejected",
+        selftest_bad_scenarios,
+    ));
     trials.sort_by(|a, b| a.name().cmp(b.name()));
     if !args.list && !ignored.is_empty() {
         eprintln!("layerdrift: ignored trials, and why:");
         for (why, names) in &ignored {
-            let prefixes: std::collections::BTreeSet<_> =
-                names.iter().map(|n| n.rsplit_once('/').map_or(n.as_str(), |(p, _)| p)).collect();
+            let prefixes: std::collections::BTreeSet<_> = names
+                .iter()
+                .map(|n| n.rsplit_once('/').map_or(n.as_str(), |(p, _)| p))
+                .collect();
             eprintln!(
                 "  {} trial(s) of {}: {why}",
                 names.len(),

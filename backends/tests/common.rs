@@ -1,0 +1,106 @@
+//! Tiny models shared by the backend integration tests.
+
+#![allow(dead_code)]
+
+use layerdrift_backends::{
+    Activation, AttentionForm, Backend, Checkpoints, DType, DecoderSpec, ModelSpec, Norm,
+    ResidualMlpSpec, Row, RunRequest, Schedule, Weights, generate_input, registry,
+};
+
+/// Every backend of this build that can run here, without the oracle.
+pub fn available() -> Vec<Box<dyn Backend>> {
+    registry()
+        .into_iter()
+        .filter(|b| b.info().name != "reference" && b.available().is_ok())
+        .collect()
+}
+
+pub fn mlp(residual: bool) -> ModelSpec {
+    mlp_sized(residual, 8, 12)
+}
+
+pub fn mlp_sized(residual: bool, dim: usize, hidden: usize) -> ModelSpec {
+    ModelSpec::ResidualMlp(ResidualMlpSpec {
+        layers: 2,
+        dim,
+        hidden,
+        activation: Activation::GeluErf,
+        norm: Norm::LayerNorm,
+        eps: 1e-5,
+        residual,
+    })
+}
+
+pub fn decoder(rope: bool, attention: AttentionForm) -> ModelSpec {
+    ModelSpec::Decoder(DecoderSpec {
+        layers: 2,
+        dim: 8,
+        heads: 2,
+        hidden: 16,
+        activation: Activation::GeluErf,
+        norm: Norm::LayerNorm,
+        eps: 1e-5,
+        rope_theta: rope.then_some(10_000.0),
+        attention,
+    })
+}
+
+/// Runs `model` on a `[2, 6, dim]` input, observing positions 3..6 of batch 1.
+pub fn run(b: &dyn Backend, model: &ModelSpec, schedule: &Schedule) -> Result<Checkpoints, String> {
+    run_shaped(b, model, schedule, 2, 6)
+}
+
+/// Runs `model` on a `[batch, seq, dim]` input, observing the last three
+/// positions of the last batch element.
+pub fn run_shaped(
+    b: &dyn Backend,
+    model: &ModelSpec,
+    schedule: &Schedule,
+    batch: usize,
+    seq: usize,
+) -> Result<Checkpoints, String> {
+    let weights = Weights::init(model, 11, 0.2);
+    let input = generate_input(batch, seq, model.dim(), 5);
+    let observed: Vec<Row> = (seq - 3..seq)
+        .map(|pos| Row {
+            batch: batch - 1,
+            pos,
+        })
+        .collect();
+    let req = RunRequest {
+        model,
+        weights: &weights,
+        input: &input,
+        dtype: DType::F32,
+        schedule,
+        observed: &observed,
+        threads: None,
+    };
+    b.check(&req).map_err(|e| e.to_string())?;
+    b.run(&req).map_err(|e| e.to_string())
+}
+
+pub fn max_abs(a: &Checkpoints, b: &Checkpoints) -> f64 {
+    a.layers
+        .iter()
+        .flatten()
+        .zip(b.layers.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(
+            0.0,
+            |m, d| if d.is_nan() { f64::INFINITY } else { m.max(d) },
+        )
+}
+
+/// FNV-1a over the bits of every checkpoint value.
+pub fn fingerprint(c: &Checkpoints) -> u64 {
+    c.layers
+        .iter()
+        .flatten()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
+            x.to_bits()
+                .to_le_bytes()
+                .iter()
+                .fold(h, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01B3))
+        })
+}
