@@ -262,8 +262,9 @@ pub fn figures(
     metric: &str,
     log_y: bool,
 ) -> Vec<(String, String)> {
-    // family → panel → series
-    let mut fams: BTreeMap<String, BTreeMap<String, Vec<Series>>> = BTreeMap::new();
+    // family → panel → series; panels keep the scenario's variant order
+    // (e.g. residual on before off, as listed).
+    let mut fams: BTreeMap<String, Vec<(String, Vec<Series>)>> = BTreeMap::new();
     for o in outcomes {
         let c = &o.comparison;
         let cross = c.b.backend != c.a.backend && c.b.backend != ORACLE;
@@ -305,11 +306,15 @@ pub fn figures(
                     }
                 })
                 .collect();
-            fams.entry(family.clone())
-                .or_default()
-                .entry(panel)
-                .or_default()
-                .push(Series { label, values });
+            let panels = fams.entry(family.clone()).or_default();
+            let at = match panels.iter().position(|(t, _)| *t == panel) {
+                Some(i) => i,
+                None => {
+                    panels.push((panel, Vec::new()));
+                    panels.len() - 1
+                }
+            };
+            panels[at].1.push(Series { label, values });
         }
     }
     fams.into_iter()
