@@ -372,6 +372,16 @@ fn run(
                 )),
                 p.growth.exponent.map_or("–".into(), |e| format!("{e:.2}"))
             );
+            if let Some(last_row) = &p.last_row_mean_abs {
+                println!(
+                    "          last observed row, mean|Δ| per layer: {}",
+                    last_row
+                        .iter()
+                        .map(|x| sig3(*x))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+            }
             for msg in &v.violations {
                 println!("          {msg}");
             }
@@ -416,7 +426,6 @@ fn run(
             .with_context(|| format!("writing {}", j.display()))?;
         println!("  json: {}", j.display());
     }
-    let _ = sig3;
     if failed > 0 {
         println!("\n{failed} comparison(s) out of bounds");
         return Ok(ExitCode::from(1));
