@@ -122,11 +122,11 @@ pub trait Backend: Send + Sync {
         self.available().map_err(BackendError::Unavailable)?;
         self.supports(Capability::DType(dtype))
             .map_err(BackendError::Unsupported)?;
-        if let ModelSpec::Decoder(d) = model {
-            if d.attention == AttentionForm::Fused {
-                self.supports(Capability::FusedAttention)
-                    .map_err(BackendError::Unsupported)?;
-            }
+        if let ModelSpec::Decoder(d) = model
+            && d.attention == AttentionForm::Fused
+        {
+            self.supports(Capability::FusedAttention)
+                .map_err(BackendError::Unsupported)?;
         }
         if matches!(schedule, Schedule::Rows) && matches!(model, ModelSpec::Decoder(_)) {
             return Err(BackendError::Unsupported(

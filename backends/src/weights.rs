@@ -169,17 +169,18 @@ impl Weights {
 
 fn shape_hint(model: &ModelSpec, name: &str, found: &[usize]) -> String {
     let dim = model.dim();
-    if name.ends_with("linear1.weight") || name.ends_with("fc1.weight") {
-        if let [h, d] = found {
-            return format!(
-                " — the file looks like dim: {d}, hidden: {h}; set those in the scenario's model"
-            );
-        }
+    if (name.ends_with("linear1.weight") || name.ends_with("fc1.weight"))
+        && let [h, d] = found
+    {
+        return format!(
+            " — the file looks like dim: {d}, hidden: {h}; set those in the scenario's model"
+        );
     }
-    if let [d] = found {
-        if *d != dim && name.contains("norm") {
-            return format!(" — the file looks like dim: {d}; set it in the scenario's model");
-        }
+    if let [d] = found
+        && *d != dim
+        && name.contains("norm")
+    {
+        return format!(" — the file looks like dim: {d}; set it in the scenario's model");
     }
     String::new()
 }

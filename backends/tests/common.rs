@@ -1,6 +1,6 @@
 //! Tiny models shared by the backend integration tests.
 
-#![allow(dead_code)]
+#![allow(dead_code, missing_docs)]
 
 use layerdrift_backends::{
     Activation, AttentionForm, Backend, Checkpoints, DType, DecoderSpec, ModelSpec, Norm,

@@ -58,10 +58,10 @@ impl MetricBounds {
             ("max_rel", self.max_rel),
             ("min_equal_share", self.min_equal_share),
         ] {
-            if let Some(v) = v {
-                if !(v >= 0.0 && v.is_finite()) {
-                    out.push(format!("{at}.{k} must be a finite number ≥ 0, got {v}"));
-                }
+            if let Some(v) = v
+                && !(v >= 0.0 && v.is_finite())
+            {
+                out.push(format!("{at}.{k} must be a finite number ≥ 0, got {v}"));
             }
         }
         if self.min_equal_share.is_some_and(|s| s > 1.0) {
@@ -85,15 +85,15 @@ impl MetricBounds {
         over("max_abs", d.max_abs, self.max_abs);
         over("rms", d.rms, self.rms);
         over("max_rel", d.max_rel, self.max_rel);
-        if let Some(b) = self.max_ulps {
-            if d.max_ulps > b {
-                out.push(format!("max_ulps {} > {b}", d.max_ulps));
-            }
+        if let Some(b) = self.max_ulps
+            && d.max_ulps > b
+        {
+            out.push(format!("max_ulps {} > {b}", d.max_ulps));
         }
-        if let Some(b) = self.min_equal_share {
-            if !(d.equal_share >= b) {
-                out.push(format!("equal_share {:.4} < {b}", d.equal_share));
-            }
+        if let Some(b) = self.min_equal_share
+            && !(d.equal_share >= b)
+        {
+            out.push(format!("equal_share {:.4} < {b}", d.equal_share));
         }
         out
     }
@@ -114,10 +114,10 @@ impl Bounds {
         if let Some(b) = &self.last_layer {
             out.extend(b.problems("last_layer"));
         }
-        if let Some(g) = self.growth_exponent {
-            if !g.is_finite() {
-                out.push(format!("growth_exponent must be finite, got {g}"));
-            }
+        if let Some(g) = self.growth_exponent
+            && !g.is_finite()
+        {
+            out.push(format!("growth_exponent must be finite, got {g}"));
         }
         out
     }
@@ -150,10 +150,11 @@ impl Bounds {
         if !out.is_empty() {
             return out;
         }
-        if self.bitwise {
-            if let Some(dv) = p.first_divergence {
-                let d = &p.layers[dv.layer - 1];
-                out.push(format!(
+        if self.bitwise
+            && let Some(dv) = p.first_divergence
+        {
+            let d = &p.layers[dv.layer - 1];
+            out.push(format!(
                     "not bitwise equal: first at observed row {} layer {} (max_abs {:.3e}, {:.2}% equal, max_ulps {})",
                     dv.row,
                     dv.layer,
@@ -161,7 +162,6 @@ impl Bounds {
                     100.0 * d.equal_share,
                     d.max_ulps
                 ));
-            }
         }
         if let Some(b) = &self.every_layer {
             for (i, d) in p.layers.iter().enumerate() {
@@ -175,12 +175,11 @@ impl Bounds {
                 out.push(format!("layer {} (last): {v}", p.layers.len()));
             }
         }
-        if let Some(g) = self.growth_exponent {
-            if let Some(e) = p.growth.exponent {
-                if !(e <= g) {
-                    out.push(format!("growth exponent {e:.3} > {g}"));
-                }
-            }
+        if let Some(g) = self.growth_exponent
+            && let Some(e) = p.growth.exponent
+            && !(e <= g)
+        {
+            out.push(format!("growth exponent {e:.3} > {g}"));
         }
         out
     }

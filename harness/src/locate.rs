@@ -72,11 +72,11 @@ impl MarkedEventReceiver for Walker {
         };
         match ev {
             Event::Scalar(value, ..) => {
-                if let Some(Frame::Map { key, .. }) = self.stack.last_mut() {
-                    if key.is_none() {
-                        *key = Some((value, pos));
-                        return;
-                    }
+                if let Some(Frame::Map { key, .. }) = self.stack.last_mut()
+                    && key.is_none()
+                {
+                    *key = Some((value, pos));
+                    return;
                 }
                 if let Some((p, _)) = self.value_path() {
                     self.map.entry(p).or_insert(pos);

@@ -85,7 +85,7 @@ impl Outcome {
 #[derive(Clone, Debug)]
 pub enum TrialKind {
     /// Evaluate one comparison's bounds.
-    Check(Comparison),
+    Check(Box<Comparison>),
     /// Assert the backend's snapshot (all its comparisons, or for the oracle
     /// its activation profile).
     Snapshot,
@@ -128,15 +128,13 @@ pub fn comparisons(s: &Scenario, session: &Session, backend: &dyn Backend) -> Ve
             strategy: st.to_string(),
         };
         match &check.pairing {
-            Pairing::Strategies(a, b) => {
-                if !is_oracle || oracle_runs_strategies(s) {
-                    out.push(Comparison {
-                        name: check_name(check, format!("{a}-vs-{b}")),
-                        a: side(&id, a),
-                        b: side(&id, b),
-                        bounds,
-                    });
-                }
+            Pairing::Strategies(a, b) if (!is_oracle || oracle_runs_strategies(s)) => {
+                out.push(Comparison {
+                    name: check_name(check, format!("{a}-vs-{b}")),
+                    a: side(&id, a),
+                    b: side(&id, b),
+                    bounds,
+                });
             }
             Pairing::Oracle(st) if !is_oracle => out.push(Comparison {
                 name: check_name(check, format!("{st}-vs-oracle")),
@@ -214,7 +212,7 @@ pub fn plan(s: &Scenario, session: &Session) -> Vec<TrialPlan> {
             out.push(TrialPlan {
                 name: format!("{}/{id}/{}", s.name, c.name),
                 backend: id.clone(),
-                kind: TrialKind::Check(c),
+                kind: TrialKind::Check(Box::new(c)),
                 ignored,
             });
         }

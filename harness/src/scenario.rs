@@ -648,7 +648,7 @@ impl Validator {
                     1
                 }
                 Some(h) => {
-                    if m.dim % h != 0 {
+                    if !m.dim.is_multiple_of(h) {
                         self.err(
                             "model.heads",
                             format!(
@@ -673,7 +673,7 @@ impl Validator {
         if wants_rope
             && decoder
             && m.heads
-                .is_some_and(|h| h > 0 && m.dim % h == 0 && (m.dim / h) % 2 == 1)
+                .is_some_and(|h| h > 0 && m.dim.is_multiple_of(h) && (m.dim / h) % 2 == 1)
         {
             self.err(
                 "model.rope",
@@ -1055,12 +1055,11 @@ impl Validator {
         self.errors.dedup();
 
         // Weights files must fit the model (checked once per distinct model).
-        if let WeightSource::File(f) = &weights {
-            if let Some(v) = variants.first() {
-                if let Err(e) = Weights::load(&v.model, f) {
-                    self.err("weights.file", e.to_string());
-                }
-            }
+        if let WeightSource::File(f) = &weights
+            && let Some(v) = variants.first()
+            && let Err(e) = Weights::load(&v.model, f)
+        {
+            self.err("weights.file", e.to_string());
         }
         if !self.errors.is_empty() {
             return None;

@@ -48,12 +48,15 @@ impl std::fmt::Display for RunError {
 
 type Slot<T> = Arc<OnceLock<T>>;
 
+/// A memo: one slot per key, filled once by whichever thread gets there first.
+type Memo<T> = Mutex<HashMap<String, Slot<T>>>;
+
 /// A process's backends and its memo of runs.
 pub struct Session {
     backends: Vec<Arc<dyn Backend>>,
-    runs: Mutex<HashMap<String, Slot<Result<Arc<Run>, RunError>>>>,
-    weights: Mutex<HashMap<String, Slot<Result<Arc<Weights>, String>>>>,
-    inputs: Mutex<HashMap<String, Slot<Result<Arc<HostTensor>, String>>>>,
+    runs: Memo<Result<Arc<Run>, RunError>>,
+    weights: Memo<Result<Arc<Weights>, String>>,
+    inputs: Memo<Result<Arc<HostTensor>, String>>,
     /// One backend run at a time: runs are multi-threaded already, and a GPU
     /// must not run two heavy trials at once.
     gate: Mutex<()>,
@@ -62,7 +65,7 @@ pub struct Session {
 /// The id of the f64 oracle.
 pub const ORACLE: &str = "reference-cpu";
 
-fn slot<T>(map: &Mutex<HashMap<String, Slot<T>>>, key: String) -> Slot<T> {
+fn slot<T>(map: &Memo<T>, key: String) -> Slot<T> {
     map.lock()
         .unwrap_or_else(|e| e.into_inner())
         .entry(key)

@@ -61,9 +61,12 @@ fn check_trial(s: Arc<Scenario>, kind: TrialKind, backend: String) -> Result<(),
     }
 }
 
-fn scenario_trials(dir: &Path) -> Result<(Vec<Trial>, BTreeMap<String, Vec<String>>), String> {
+/// Ignore reason → the names of the trials it ignores.
+type IgnoredTrials = BTreeMap<String, Vec<String>>;
+
+fn scenario_trials(dir: &Path) -> Result<(Vec<Trial>, IgnoredTrials), String> {
     let mut trials = Vec::new();
-    let mut ignored: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut ignored = IgnoredTrials::new();
     for file in scenario_files(dir)? {
         let stem = file
             .file_stem()
@@ -213,10 +216,10 @@ fn selftest_bad_scenarios() -> Result<(), Failed> {
                         f.display()
                     ));
                 }
-                if let Some(at) = at {
-                    if !msg.starts_with(&format!("{}:{at}:", f.display())) {
-                        problems.push(format!("{}: expected position {at}: {msg}", f.display()));
-                    }
+                if let Some(at) = at
+                    && !msg.starts_with(&format!("{}:{at}:", f.display()))
+                {
+                    problems.push(format!("{}: expected position {at}: {msg}", f.display()));
                 }
             }
         }
