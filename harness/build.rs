@@ -1,66 +1,17 @@
 //! With the `tch` feature: bakes libtorch's library folder into the binaries
 //! and test executables as an rpath, so `cargo test --features tch` and the
-//! `layerdrift` binary run without `LD_LIBRARY_PATH`.
-//!
-//! The folder is `LAYERDRIFT_LIBTORCH_LIB`, else `$LIBTORCH/lib` (as
-//! `.cargo/config.toml` sets it), else
-//! `<workspace>/.venv/lib/python3.*/site-packages/torch/lib` (where
-//! `scripts/setup-libtorch` puts it). A binary carried to another machine
-//! needs `LD_LIBRARY_PATH` there instead.
+//! `layerdrift` binary run without `LD_LIBRARY_PATH` (a binary carried to
+//! another machine needs `LD_LIBRARY_PATH` there instead).
 
-use std::env;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+#[path = "../backends/build/libtorch.rs"]
+mod libtorch;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    if env::var_os("CARGO_FEATURE_TCH").is_none() {
-        return;
+    println!("cargo:rerun-if-changed=../backends/build/libtorch.rs");
+    if std::env::var_os("CARGO_FEATURE_TCH").is_some() {
+        libtorch::link(&Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
     }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    match libtorch_lib(&workspace) {
-        Some(dir) => {
-            let dir = dir.canonicalize().unwrap_or(dir);
-            println!("cargo:rustc-link-arg=-Wl,-rpath,{}", dir.display());
-            // Keep libtorch_cuda linked although no symbol of ours names it:
-            // it registers the CUDA hooks when loaded, and without it
-            // `tch::Cuda::is_available()` is always false.
-            if dir.join("libtorch_cuda.so").exists() {
-                println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
-            }
-        }
-        None => println!(
-            "cargo:warning=libtorch not found (LAYERDRIFT_LIBTORCH_LIB, LIBTORCH, {}/.venv): run scripts/setup-libtorch; the tch binaries will need LD_LIBRARY_PATH",
-            workspace.display()
-        ),
-    }
-}
-
-/// libtorch's `lib` folder, if one is found.
-fn libtorch_lib(workspace: &Path) -> Option<PathBuf> {
-    println!("cargo:rerun-if-env-changed=LAYERDRIFT_LIBTORCH_LIB");
-    println!("cargo:rerun-if-env-changed=LIBTORCH");
-    // Missing until setup-libtorch has run: cargo then reruns this script on
-    // every build, so the rpath appears as soon as libtorch does.
-    println!(
-        "cargo:rerun-if-changed={}",
-        workspace.join(".venv/libtorch.env").display()
-    );
-    let has_lib = |d: &Path| d.join("libtorch_cpu.so").exists();
-    if let Some(d) = env::var_os("LAYERDRIFT_LIBTORCH_LIB").map(PathBuf::from) {
-        return has_lib(&d).then_some(d);
-    }
-    if let Some(d) = env::var_os("LIBTORCH").map(|t| PathBuf::from(t).join("lib"))
-        && has_lib(&d)
-    {
-        return Some(d);
-    }
-    let mut found: Vec<PathBuf> = std::fs::read_dir(workspace.join(".venv/lib"))
-        .ok()?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("python3."))
-        .map(|e| e.path().join("site-packages/torch/lib"))
-        .filter(|d| has_lib(d))
-        .collect();
-    found.sort();
-    found.pop()
 }

@@ -51,7 +51,7 @@ fn dtype(d: DType) -> CDType {
 impl Backend for Candle {
     fn info(&self) -> BackendInfo {
         let (device, device_name) = if self.cuda {
-            ("cuda", cuda_name())
+            ("cuda", crate::cpu::nvidia_gpu_name())
         } else {
             ("cpu", crate::cpu::describe())
         };
@@ -89,18 +89,6 @@ impl Backend for Candle {
         };
         exec::run(&ops, &self.info().id(), req)
     }
-}
-
-fn cuda_name() -> String {
-    // candle does not expose the device name; nvidia-smi is the portable way.
-    std::process::Command::new("nvidia-smi")
-        .args(["--query-gpu=name", "--format=csv,noheader", "-i", "0"])
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "CUDA device 0".into())
 }
 
 struct CandleOps {

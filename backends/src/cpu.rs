@@ -1,5 +1,5 @@
-//! What the host CPU offers, for the device description in snapshots: float
-//! results can legitimately differ between SIMD levels.
+//! What the hardware is, for the device descriptions in snapshots: float
+//! results can legitimately differ between SIMD levels and GPU models.
 
 /// The widest SIMD level the CPU supports, e.g. `avx512f`, `avx2+fma`, `neon`.
 pub fn simd_level() -> &'static str {
@@ -40,4 +40,17 @@ pub fn class() -> String {
         std::env::consts::ARCH,
         simd_level().replace('+', "-")
     )
+}
+
+/// The name of NVIDIA GPU 0 (`NVIDIA H200`), from `nvidia-smi` — neither
+/// candle nor tch exposes device properties; `CUDA device 0` if unknown.
+pub fn nvidia_gpu_name() -> String {
+    std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=name", "--format=csv,noheader", "-i", "0"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "CUDA device 0".into())
 }

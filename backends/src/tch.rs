@@ -83,7 +83,7 @@ fn current_threads() -> usize {
 impl Backend for Tch {
     fn info(&self) -> BackendInfo {
         let (device, device_name, threads) = if self.cuda {
-            ("cuda", cuda_name(), 1)
+            ("cuda", crate::cpu::nvidia_gpu_name(), 1)
         } else {
             ("cpu", crate::cpu::describe(), current_threads())
         };
@@ -134,18 +134,6 @@ impl Backend for Tch {
         };
         tch::no_grad(|| exec::run(&ops, &id, req))
     }
-}
-
-fn cuda_name() -> String {
-    // tch does not expose the device properties; nvidia-smi is the portable way.
-    std::process::Command::new("nvidia-smi")
-        .args(["--query-gpu=name", "--format=csv,noheader", "-i", "0"])
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "CUDA device 0".into())
 }
 
 struct TchOps {

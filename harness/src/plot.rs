@@ -66,7 +66,9 @@ fn linear_ticks(max: f64) -> Vec<f64> {
 pub fn svg(title: &str, ylabel: &str, panels: &[Panel], log_y: bool) -> String {
     let cols = panels.len().clamp(1, 3);
     let rows = panels.len().div_ceil(cols).max(1);
-    let (w, h) = (PW * cols as f64, PH * rows as f64 + 40.0);
+    // Wide enough for the title (≈8 px per character at 15 px).
+    let w = (PW * cols as f64).max(title.chars().count() as f64 * 8.0 + 40.0);
+    let h = PH * rows as f64 + 40.0;
     let mut s = String::new();
     let _ = writeln!(
         s,
