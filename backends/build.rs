@@ -10,10 +10,14 @@ use std::path::Path;
 mod libtorch;
 
 /// `(crate, env var)`: the versions `env!` reads in the adapters.
-const LIBRARIES: [(&str, &str); 4] = [
+const LIBRARIES: [(&str, &str); 8] = [
     ("candle-core", "LD_VERSION_CANDLE"),
     ("burn-flex", "LD_VERSION_BURN_FLEX"),
     ("burn-ndarray", "LD_VERSION_BURN_NDARRAY"),
+    ("burn-wgpu", "LD_VERSION_BURN_WGPU"),
+    ("burn-cuda", "LD_VERSION_BURN_CUDA"),
+    ("cubecl", "LD_VERSION_CUBECL"),
+    ("wgpu", "LD_VERSION_WGPU"),
     ("tch", "LD_VERSION_TCH"),
 ];
 

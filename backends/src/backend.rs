@@ -19,7 +19,7 @@ use crate::request::{Checkpoints, RunRequest, Schedule};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendInfo {
     /// Library name as in trial names: `candle`, `burn-flex`, `burn-ndarray`,
-    /// `tch`, `reference`.
+    /// `burn-cubecl` (burn's GPU backend), `tch`, `reference`.
     pub name: &'static str,
     /// Device kind: `cpu`, `cuda`, `wgpu`.
     pub device: &'static str,
@@ -211,6 +211,19 @@ pub fn registry() -> Vec<Box<dyn Backend>> {
             "build with `--features burn` (on by default)",
         ));
     }
+
+    #[cfg(not(feature = "burn-wgpu"))]
+    out.push(not_compiled(
+        "burn-cubecl",
+        "wgpu",
+        "build with `--features burn-wgpu` (builds offline; see the README's GPU section)",
+    ));
+    #[cfg(not(feature = "burn-cuda"))]
+    out.push(not_compiled(
+        "burn-cubecl",
+        "cuda",
+        "build with `--features burn-cuda` (its build needs the tracel-llvm bundle; see the README's GPU section)",
+    ));
 
     #[cfg(feature = "tch")]
     out.extend(crate::tch::backends());

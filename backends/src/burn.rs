@@ -1,5 +1,7 @@
 //! burn adapter: `burn-flex-cpu` and `burn-ndarray-cpu`, burn 0.22.1's two
-//! pure-Rust CPU backends.
+//! pure-Rust CPU backends, and with the GPU features `burn-wgpu` and
+//! `burn-cuda`: burn's cubecl backend on a wgpu device (Vulkan, Metal, DX12)
+//! or a CUDA GPU. All of them run the same generic ops below.
 //!
 //! # Why `burn-backend` and not `burn`
 //!
@@ -40,14 +42,14 @@
 //! burn's ops panic on misuse rather than return errors; a panic during a run
 //! is caught and reported as a library error.
 
-use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::OnceLock;
 
 use burn_backend::ops::AttentionModuleOptions;
 use burn_backend::tensor::FloatTensor;
 use burn_backend::{
-    Backend as BurnBackend, DType as BDType, FloatDType, Scalar, Shape, Slice, TensorData,
-    TensorMetadata, get_or_init_device_settings,
+    Backend as BurnBackend, BackendTypes, DType as BDType, FloatDType, Scalar, Shape, Slice,
+    TensorData, TensorMetadata, get_or_init_device_settings,
 };
 use burn_flex::Flex;
 // burn 0.22 marks burn-ndarray deprecated in favour of flex; it still ships
@@ -63,49 +65,48 @@ use crate::model::{Activation, Norm};
 use crate::ops::{OpResult, Ops};
 use crate::request::{Checkpoints, RunRequest};
 
-/// The burn backends this build has: `burn-flex-cpu`, `burn-ndarray-cpu`.
-#[allow(deprecated)]
+/// The burn backends this build has: `burn-flex-cpu`, `burn-ndarray-cpu`, and
+/// with the GPU features `burn-cubecl-wgpu` and `burn-cubecl-cuda` (burn's
+/// cubecl backend on a wgpu or a CUDA device; features `burn-wgpu`, `burn-cuda`).
 pub(crate) fn backends() -> Vec<Box<dyn Backend>> {
+    #[allow(unused_mut)]
+    let mut out = cpu_backends();
+    #[cfg(feature = "burn-wgpu")]
+    out.push(Box::new(gpu::wgpu()));
+    #[cfg(feature = "burn-cuda")]
+    out.push(Box::new(gpu::cuda()));
+    out
+}
+
+/// burn's two CPU backends.
+#[allow(deprecated)]
+fn cpu_backends() -> Vec<Box<dyn Backend>> {
     vec![
-        Box::new(Burn::<Flex>::new()),
-        Box::new(Burn::<NdArray>::new()),
+        Box::new(Burn::<Flex>::new(
+            "burn-flex",
+            "cpu",
+            format!("burn-flex {}", env!("LD_VERSION_BURN_FLEX")),
+            // flex parallelises elementwise ops, reductions and its `gemm`
+            // matmuls (`Parallelism::Rayon(0)`) on rayon's global pool.
+            rayon_global_threads,
+            cpu_device::<Flex>,
+        )),
+        Box::new(Burn::<NdArray>::new(
+            "burn-ndarray",
+            "cpu",
+            format!("burn-ndarray {}", env!("LD_VERSION_BURN_NDARRAY")),
+            // ndarray's matmuls (most of the work) run on `matrixmultiply`'s
+            // own thread pool, sized by `MATMUL_NUM_THREADS`; its elementwise
+            // ops and the loop over matmul batches use rayon's global pool.
+            matrixmultiply_threads,
+            cpu_device::<NdArray>,
+        )),
     ]
 }
 
-/// What differs between the burn CPU backends besides their ops.
-trait CpuBackend: BurnBackend {
-    /// Library name in trial ids.
-    const NAME: &'static str;
-    /// `burn-flex 0.22.1`, …
-    fn version() -> String;
-    /// Threads the backend computes with.
-    fn threads() -> usize;
-}
-
-impl CpuBackend for Flex {
-    const NAME: &'static str = "burn-flex";
-    fn version() -> String {
-        format!("burn-flex {}", env!("LD_VERSION_BURN_FLEX"))
-    }
-    /// flex parallelises elementwise ops, reductions and its `gemm` matmuls
-    /// (`Parallelism::Rayon(0)`) on rayon's global pool.
-    fn threads() -> usize {
-        rayon_global_threads()
-    }
-}
-
-#[allow(deprecated)]
-impl CpuBackend for NdArray {
-    const NAME: &'static str = "burn-ndarray";
-    fn version() -> String {
-        format!("burn-ndarray {}", env!("LD_VERSION_BURN_NDARRAY"))
-    }
-    /// ndarray's matmuls (most of the work) run on `matrixmultiply`'s own
-    /// thread pool, sized by `MATMUL_NUM_THREADS`; its elementwise ops and the
-    /// loop over matmul batches use rayon's global pool.
-    fn threads() -> usize {
-        matrixmultiply_threads()
-    }
+/// A CPU backend's only device, described with the host's SIMD level.
+fn cpu_device<B: BurnBackend>() -> Result<(B::Device, String), String> {
+    Ok((B::Device::default(), crate::cpu::describe()))
 }
 
 /// The size of rayon's global pool, by rayon-core 1.13's rule (rayon is not
@@ -167,13 +168,59 @@ fn physical_cores() -> usize {
     }
 }
 
-/// One burn backend on its (only) CPU device.
-struct Burn<B>(PhantomData<fn() -> B>);
+/// How a burn backend finds its device: the device and its name, or why this
+/// machine has none.
+type OpenDevice<B> = fn() -> Result<(<B as BackendTypes>::Device, String), String>;
 
-impl<B> Burn<B> {
-    fn new() -> Self {
-        Burn(PhantomData)
+/// One burn backend on one device.
+struct Burn<B: BurnBackend> {
+    name: &'static str,
+    device: &'static str,
+    version: String,
+    threads: fn() -> usize,
+    open: OpenDevice<B>,
+    /// The device, looked up once: initialising a GPU runtime is not free.
+    opened: OnceLock<Result<(B::Device, String), String>>,
+}
+
+impl<B: BurnBackend> Burn<B> {
+    fn new(
+        name: &'static str,
+        device: &'static str,
+        version: String,
+        threads: fn() -> usize,
+        open: OpenDevice<B>,
+    ) -> Self {
+        Burn {
+            name,
+            device,
+            version,
+            threads,
+            open,
+            opened: OnceLock::new(),
+        }
     }
+
+    /// The device, or why there is none. A runtime that panics while looking
+    /// for its device (a missing driver library) counts as no device.
+    fn opened(&self) -> Result<&(B::Device, String), &String> {
+        self.opened
+            .get_or_init(|| catch_unwind(self.open).unwrap_or_else(|p| Err(panic_message(p))))
+            .as_ref()
+    }
+
+    fn id(&self) -> String {
+        format!("{}-{}", self.name, self.device)
+    }
+}
+
+/// The message of a caught panic.
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "the library panicked".into())
 }
 
 fn burn_dtype(d: DType) -> BDType {
@@ -185,29 +232,38 @@ fn burn_dtype(d: DType) -> BDType {
     }
 }
 
-impl<B: CpuBackend> Backend for Burn<B> {
+impl<B: BurnBackend> Backend for Burn<B> {
     fn info(&self) -> BackendInfo {
+        let device_name = match self.opened() {
+            Ok((_, name)) => name.clone(),
+            Err(_) => "none".into(),
+        };
         BackendInfo {
-            name: B::NAME,
-            device: "cpu",
-            version: B::version(),
-            device_name: crate::cpu::describe(),
-            threads: B::threads(),
+            name: self.name,
+            device: self.device,
+            version: self.version.clone(),
+            device_name,
+            threads: (self.threads)(),
         }
     }
 
+    fn available(&self) -> Result<(), String> {
+        self.opened().map(|_| ()).map_err(Clone::clone)
+    }
+
     /// A dtype is supported when the backend itself reports general
-    /// (storage + arithmetic) support for it: f32 and f64 on both, f16 and
-    /// bf16 on flex only.
+    /// (storage + arithmetic) support for it on this device: f32 and f64 on
+    /// both CPU backends, f16 and bf16 on flex only; no f64 on the GPU ones.
     fn supports(&self, what: Capability) -> Result<(), String> {
         match what {
             Capability::DType(d) => {
-                if B::supports_dtype(&B::Device::default(), burn_dtype(d)) {
+                let (device, _) = self.opened().map_err(Clone::clone)?;
+                if B::supports_dtype(device, burn_dtype(d)) {
                     Ok(())
                 } else {
                     Err(format!(
-                        "{}-cpu does not compute in {d} (burn reports no arithmetic support for it)",
-                        B::NAME
+                        "{} does not compute in {d} (burn reports no arithmetic support for it)",
+                        self.id()
                     ))
                 }
             }
@@ -217,21 +273,85 @@ impl<B: CpuBackend> Backend for Burn<B> {
 
     fn run(&self, req: &RunRequest<'_>) -> Result<Checkpoints, BackendError> {
         self.check(req)?;
-        let id = self.info().id();
+        let id = self.id();
+        let (device, _) = self
+            .opened()
+            .map_err(|why| BackendError::Unavailable(why.clone()))?;
         let ops = BurnOps::<B> {
-            device: B::Device::default(),
+            device: device.clone(),
         };
         catch_unwind(AssertUnwindSafe(|| exec::run(&ops, &id, req))).unwrap_or_else(|panic| {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "the library panicked".into());
             Err(BackendError::Library {
                 backend: id,
-                message,
+                message: panic_message(panic),
             })
         })
+    }
+}
+
+/// burn's cubecl backend on a GPU: one backend type for every runtime, the
+/// device says which (burn 0.22).
+#[cfg(any(feature = "burn-wgpu", feature = "burn-cuda"))]
+mod gpu {
+    use super::{BackendTypes, Burn};
+    use cubecl::Device;
+
+    /// The device and its name as the runtime reports it (`NVIDIA H200`,
+    /// `llvmpipe (LLVM 15.0.6, 256 bits)`).
+    fn named(
+        device: Result<Device, cubecl::device::DeviceUnavailable>,
+        how: &str,
+    ) -> Result<(Device, String), String> {
+        let device = device.map_err(|e| format!("no {how} device: {e}"))?;
+        let name = device.client().properties().identity.name.clone();
+        Ok((device, name))
+    }
+
+    /// GPU runs are not threaded on the host.
+    fn one() -> usize {
+        1
+    }
+
+    /// `burn-wgpu`: the best adapter wgpu finds (Vulkan on Linux).
+    #[cfg(feature = "burn-wgpu")]
+    pub(super) fn wgpu() -> Burn<burn_wgpu::Wgpu> {
+        fn open() -> Result<(<burn_wgpu::Wgpu as BackendTypes>::Device, String), String> {
+            named(
+                Device::wgpu(cubecl::device::WgpuDeviceKind::default()),
+                "wgpu (Vulkan, Metal or DX12)",
+            )
+        }
+        Burn::new(
+            "burn-cubecl",
+            "wgpu",
+            format!(
+                "burn-wgpu {} (cubecl {}, wgpu {})",
+                env!("LD_VERSION_BURN_WGPU"),
+                env!("LD_VERSION_CUBECL"),
+                env!("LD_VERSION_WGPU")
+            ),
+            one,
+            open,
+        )
+    }
+
+    /// `burn-cuda`: the first CUDA GPU.
+    #[cfg(feature = "burn-cuda")]
+    pub(super) fn cuda() -> Burn<burn_cuda::Cuda> {
+        fn open() -> Result<(<burn_cuda::Cuda as BackendTypes>::Device, String), String> {
+            named(Device::cuda(0), "CUDA")
+        }
+        Burn::new(
+            "burn-cubecl",
+            "cuda",
+            format!(
+                "burn-cuda {} (cubecl {})",
+                env!("LD_VERSION_BURN_CUDA"),
+                env!("LD_VERSION_CUBECL")
+            ),
+            one,
+            open,
+        )
     }
 }
 
@@ -582,6 +702,7 @@ mod tests {
             schedule,
             observed: &OBSERVED,
             threads: None,
+            batch_invariant: false,
         })
     }
 
@@ -612,7 +733,7 @@ mod tests {
     }
 
     fn check(model: &ModelSpec, schedule: &Schedule, dtype: DType, tol: f64, what: &str) {
-        for b in backends() {
+        for b in cpu_backends() {
             let d = drift(b.as_ref(), model, schedule, dtype);
             println!("{} {what} {dtype}: max |Δ| per layer {d:?}", b.info().id());
             assert!(
@@ -625,9 +746,9 @@ mod tests {
 
     #[test]
     fn identities() {
-        let ids: Vec<_> = backends().iter().map(|b| b.info().id()).collect();
+        let ids: Vec<_> = cpu_backends().iter().map(|b| b.info().id()).collect();
         assert_eq!(ids, ["burn-flex-cpu", "burn-ndarray-cpu"]);
-        for b in backends() {
+        for b in cpu_backends() {
             let info = b.info();
             println!("{info:?}");
             assert!(info.version.starts_with(info.name) && !info.version.ends_with("unknown"));
@@ -683,7 +804,7 @@ mod tests {
                 Schedule::Full,
             ),
         ];
-        for b in backends() {
+        for b in cpu_backends() {
             for (model, schedule) in &models {
                 let bits = |c: Checkpoints| -> Vec<Vec<u64>> {
                     c.layers
@@ -721,7 +842,7 @@ mod tests {
     #[test]
     fn half_dtypes_run_where_supported_and_decline_elsewhere() {
         let model = decoder(Some(10000.0), AttentionForm::Manual, Norm::LayerNorm);
-        for b in backends() {
+        for b in cpu_backends() {
             for dtype in [DType::F16, DType::BF16] {
                 let supported = b.supports(Capability::DType(dtype));
                 match run(b.as_ref(), &model, &Schedule::kv_cache(3, 6), dtype) {

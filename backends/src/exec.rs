@@ -42,6 +42,34 @@ fn take_rows<O: Ops>(
     Ok(out)
 }
 
+/// `f` applied to every `[1, 1, width]` row of `x` (`[batch, len, width]`)
+/// alone, the results put back in place. No op inside `f` sees more than one
+/// row, so no row's result can depend on how many rows were computed with it:
+/// batch-invariant execution ([`RunRequest::batch_invariant`]).
+fn each_row<O: Ops>(ops: &O, x: &O::T, f: &dyn Fn(&O::T) -> OpResult<O::T>) -> OpResult<O::T> {
+    let s = ops.shape(x);
+    let mut batch = Vec::with_capacity(s[0]);
+    for b in 0..s[0] {
+        let xb = ops.narrow(x, 0, b, 1)?;
+        let mut rows = Vec::with_capacity(s[1]);
+        for p in 0..s[1] {
+            rows.push(f(&ops.narrow(&xb, 1, p, 1)?)?);
+        }
+        batch.push(ops.cat(&rows, 1)?);
+    }
+    ops.cat(&batch, 0)
+}
+
+/// `f` on the whole of `x`, or on each row alone when `invariant`.
+fn rowwise<O: Ops>(
+    ops: &O,
+    invariant: bool,
+    x: &O::T,
+    f: &dyn Fn(&O::T) -> OpResult<O::T>,
+) -> OpResult<O::T> {
+    if invariant { each_row(ops, x, f) } else { f(x) }
+}
+
 struct MlpLayer<O: Ops> {
     n1: (O::T, Option<O::T>),
     n2: (O::T, Option<O::T>),
@@ -111,11 +139,14 @@ fn run_mlp<O: Ops>(ops: &O, m: &ResidualMlpSpec, req: &RunRequest<'_>) -> OpResu
     drop(input);
     let mut out = Vec::with_capacity(m.layers);
     for layer in &layers {
-        let h = ops.norm(m.norm, &x, &layer.n1.0, layer.n1.1.as_ref(), m.eps)?;
-        let h = ops.linear(&h, &layer.l1)?;
-        let h = ops.activation(&h, m.activation)?;
-        let h = ops.linear(&h, &layer.l2)?;
-        let h = ops.norm(m.norm, &h, &layer.n2.0, layer.n2.1.as_ref(), m.eps)?;
+        let block = |x: &O::T| -> OpResult<O::T> {
+            let h = ops.norm(m.norm, x, &layer.n1.0, layer.n1.1.as_ref(), m.eps)?;
+            let h = ops.linear(&h, &layer.l1)?;
+            let h = ops.activation(&h, m.activation)?;
+            let h = ops.linear(&h, &layer.l2)?;
+            ops.norm(m.norm, &h, &layer.n2.0, layer.n2.1.as_ref(), m.eps)
+        };
+        let h = rowwise(ops, req.batch_invariant, &x, &block)?;
         x = if m.residual { ops.add(&x, &h)? } else { h };
         out.push(take_rows(ops, &x, picks.iter().copied())?);
     }
@@ -210,6 +241,34 @@ fn causal_mask(start: usize, end: usize) -> Option<HostTensor> {
     Some(HostTensor::new(vec![q, end], data))
 }
 
+/// Scaled dot-product attention of `q` over `k`, `v` (`[b, heads, len,
+/// head_dim]`), written out (`softmax(q·kᵀ·scale + mask)·v`) or the backend's
+/// fused kernel.
+fn attention<O: Ops>(
+    ops: &O,
+    form: AttentionForm,
+    q: &O::T,
+    k: &O::T,
+    v: &O::T,
+    mask: Option<&O::T>,
+    scale: f64,
+) -> OpResult<O::T> {
+    match form {
+        AttentionForm::Manual => {
+            let kt = ops.transpose(k, 2, 3)?;
+            let scores = ops.scale(&ops.matmul(q, &kt)?, scale)?;
+            let scores = match mask {
+                Some(mk) => ops.add(&scores, mk)?,
+                None => scores,
+            };
+            ops.matmul(&ops.softmax_last(&scores)?, v)
+        }
+        AttentionForm::Fused => ops
+            .fused_attention(q, k, v, mask, scale)
+            .unwrap_or_else(|| Err("this backend has no fused attention".into())),
+    }
+}
+
 fn run_decoder<O: Ops>(ops: &O, m: &DecoderSpec, req: &RunRequest<'_>) -> OpResult<Checkpoints> {
     let w = req.weights;
     let bias = m.norm.has_bias();
@@ -254,11 +313,17 @@ fn run_decoder<O: Ops>(ops: &O, m: &DecoderSpec, req: &RunRequest<'_>) -> OpResu
             })
             .transpose()?;
         let mut x = seg;
+        let inv = req.batch_invariant;
         for (l, layer) in layers.iter().enumerate() {
-            let h = ops.norm(m.norm, &x, &layer.n1.0, layer.n1.1.as_ref(), m.eps)?;
-            let mut q = split_heads(ops, &ops.linear(&h, &layer.q)?, m.heads)?;
-            let mut k = split_heads(ops, &ops.linear(&h, &layer.k)?, m.heads)?;
-            let v = split_heads(ops, &ops.linear(&h, &layer.v)?, m.heads)?;
+            let norm1 = |x: &O::T| ops.norm(m.norm, x, &layer.n1.0, layer.n1.1.as_ref(), m.eps);
+            let h = rowwise(ops, inv, &x, &norm1)?;
+            let proj = |w: &O::Linear| -> OpResult<O::T> {
+                let y = rowwise(ops, inv, &h, &|r: &O::T| ops.linear(r, w))?;
+                split_heads(ops, &y, m.heads)
+            };
+            let mut q = proj(&layer.q)?;
+            let mut k = proj(&layer.k)?;
+            let v = proj(&layer.v)?;
             if let Some((c, s)) = &rope {
                 q = apply_rope(ops, &q, c, s)?;
                 k = apply_rope(ops, &k, c, s)?;
@@ -272,29 +337,49 @@ fn run_decoder<O: Ops>(ops: &O, m: &DecoderSpec, req: &RunRequest<'_>) -> OpResu
                 Some(prev) => ops.cat(&[prev, v], 2)?,
                 None => v,
             };
-            let att = match m.attention {
-                AttentionForm::Manual => {
-                    let kt = ops.transpose(&k, 2, 3)?;
-                    let scores = ops.scale(&ops.matmul(&q, &kt)?, scale)?;
-                    let scores = match &mask {
-                        Some(mk) => ops.add(&scores, mk)?,
-                        None => scores,
-                    };
-                    ops.matmul(&ops.softmax_last(&scores)?, &v)?
+            let att = if inv {
+                // Each query alone, over exactly the keys it may see: the
+                // same shapes whether the position is prefilled or decoded.
+                let qs = ops.shape(&q);
+                let mut batch = Vec::with_capacity(qs[0]);
+                for b in 0..qs[0] {
+                    let (qb, kb, vb) = (
+                        ops.narrow(&q, 0, b, 1)?,
+                        ops.narrow(&k, 0, b, 1)?,
+                        ops.narrow(&v, 0, b, 1)?,
+                    );
+                    let mut rows = Vec::with_capacity(qs[2]);
+                    for i in 0..qs[2] {
+                        let seen = start + i + 1;
+                        rows.push(attention(
+                            ops,
+                            m.attention,
+                            &ops.narrow(&qb, 2, i, 1)?,
+                            &ops.narrow(&kb, 2, 0, seen)?,
+                            &ops.narrow(&vb, 2, 0, seen)?,
+                            None,
+                            scale,
+                        )?);
+                    }
+                    batch.push(ops.cat(&rows, 2)?);
                 }
-                AttentionForm::Fused => ops
-                    .fused_attention(&q, &k, &v, mask.as_ref(), scale)
-                    .unwrap_or_else(|| Err("this backend has no fused attention".into()))?,
+                ops.cat(&batch, 0)?
+            } else {
+                attention(ops, m.attention, &q, &k, &v, mask.as_ref(), scale)?
             };
             cache.k = Some(k);
             cache.v = Some(v);
-            let att = ops.linear(&merge_heads(ops, &att)?, &layer.o)?;
+            let merged = merge_heads(ops, &att)?;
+            let att = rowwise(ops, inv, &merged, &|r: &O::T| ops.linear(r, &layer.o))?;
             x = ops.add(&x, &att)?;
-            let h = ops.norm(m.norm, &x, &layer.n2.0, layer.n2.1.as_ref(), m.eps)?;
-            let h = ops.linear(
-                &ops.activation(&ops.linear(&h, &layer.fc1)?, m.activation)?,
-                &layer.fc2,
-            )?;
+            let mlp = |x: &O::T| -> OpResult<O::T> {
+                let h = ops.norm(m.norm, x, &layer.n2.0, layer.n2.1.as_ref(), m.eps)?;
+                ops.linear(
+                    &ops.activation(&ops.linear(&h, &layer.fc1)?, m.activation)?,
+                    &layer.fc2,
+                )
+            };
+            let h = rowwise(ops, inv, &x, &mlp)?;
             x = ops.add(&x, &h)?;
             for (i, r) in req.observed.iter().enumerate() {
                 if (start..end).contains(&r.pos) {

@@ -72,6 +72,12 @@ pub struct RunRequest<'a> {
     ///
     /// [`BackendInfo::threads`]: crate::BackendInfo::threads
     pub threads: Option<usize>,
+    /// Batch-invariant execution: every op that mixes values within a row
+    /// (norms, linears, attention) runs on one row at a time, and attention on
+    /// exactly the keys a query may see, so a row's result cannot depend on
+    /// the batch or on how the sequence was scheduled. Slower: it gives up
+    /// batching. The oracle ignores it.
+    pub batch_invariant: bool,
 }
 
 /// The observed rows after every layer — the only data that leaves a backend.

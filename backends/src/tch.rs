@@ -349,6 +349,7 @@ mod tests {
             schedule,
             observed,
             threads: None,
+            batch_invariant: false,
         };
         backend
             .run(&req)
@@ -469,6 +470,7 @@ mod tests {
             schedule: &Schedule::Full,
             observed: &rows,
             threads: Some(1),
+            batch_invariant: false,
         };
         cpu().run(&req).unwrap();
         // The OpenMP setting is per OS thread: this one ran with 1.

@@ -59,6 +59,18 @@ pub fn run_shaped(
     batch: usize,
     seq: usize,
 ) -> Result<Checkpoints, String> {
+    run_exec(b, model, schedule, batch, seq, false)
+}
+
+/// [`run_shaped`], choosing batch-invariant execution or not.
+pub fn run_exec(
+    b: &dyn Backend,
+    model: &ModelSpec,
+    schedule: &Schedule,
+    batch: usize,
+    seq: usize,
+    batch_invariant: bool,
+) -> Result<Checkpoints, String> {
     let weights = Weights::init(model, 11, 0.2);
     let input = generate_input(batch, seq, model.dim(), 5);
     let observed: Vec<Row> = (seq - 3..seq)
@@ -75,6 +87,7 @@ pub fn run_shaped(
         schedule,
         observed: &observed,
         threads: None,
+        batch_invariant,
     };
     b.check(&req).map_err(|e| e.to_string())?;
     b.run(&req).map_err(|e| e.to_string())

@@ -100,6 +100,7 @@ fn a_wrong_mask_is_caught() {
                 schedule: &Schedule::Full,
                 observed: &observed,
                 threads: None,
+                batch_invariant: false,
             })
             .unwrap()
     };

@@ -30,6 +30,7 @@ fn run_with(
         schedule: &schedule,
         observed: &observed,
         threads: None,
+        batch_invariant: false,
     };
     fingerprint(&b.run(&req).unwrap())
 }

@@ -186,6 +186,7 @@ fn run(
             METRICS.join(", ")
         );
     }
+    layerdrift::session::device_filter().map_err(anyhow::Error::msg)?;
     let session = Arc::new(Session::new());
     let mut s = match load(file, &session) {
         Ok(s) => s,

@@ -149,6 +149,22 @@ enum RawDType {
     Bf16,
 }
 
+/// How a backend executes the model.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+enum RawExecution {
+    /// The library's kernels on whole tensors, as a user would call them.
+    Standard,
+    /// Every row alone through every op that mixes values within a row, and
+    /// attention over exactly the keys a query sees: the cure for drift, at
+    /// the cost of batching.
+    BatchInvariant,
+}
+
+fn execution_default() -> Axis<RawExecution> {
+    Axis::one(RawExecution::Standard)
+}
+
 fn default_eps() -> f64 {
     1e-5
 }
@@ -316,6 +332,8 @@ struct RawScenario {
     input: RawInput,
     #[serde(default = "dtype_default")]
     dtype: Axis<RawDType>,
+    #[serde(default = "execution_default")]
+    execution: Axis<RawExecution>,
     observe: Option<serde_yaml::Value>,
     strategies: Vec<RawStrategy>,
     #[serde(default)]
@@ -420,6 +438,8 @@ pub struct Variant {
     pub dtype: DType,
     /// Observed rows, resolved against `batch` and `seq`.
     pub observed: Vec<Row>,
+    /// Batch-invariant execution (`execution: batch_invariant`).
+    pub batch_invariant: bool,
 }
 
 /// Where the weights come from.
@@ -720,6 +740,7 @@ impl Validator {
                 .unwrap_or(Axis::one(RawAttention::Manual)),
         );
         let dtypes = self.axis("dtype", raw.dtype);
+        let executions = self.axis("execution", raw.execution);
 
         // Input.
         let inp = raw.input;
@@ -951,7 +972,7 @@ impl Validator {
         }
         let devices = raw
             .devices
-            .unwrap_or_else(|| vec!["cpu".into(), "cuda".into()]);
+            .unwrap_or_else(|| DEVICES.iter().map(|d| d.to_string()).collect());
         for (i, d) in devices.iter().enumerate() {
             if !DEVICES.contains(&d.as_str()) {
                 self.err(
@@ -1042,6 +1063,7 @@ impl Validator {
                                             seq,
                                             dtype: dtype_of(dtype),
                                             observed,
+                                            batch_invariant: false,
                                         });
                                     }
                                 }
@@ -1051,6 +1073,33 @@ impl Validator {
                 }
             }
         }
+        // The execution axis, last in labels.
+        let several = executions.len() > 1;
+        let variants: Vec<Variant> = variants
+            .into_iter()
+            .flat_map(|v| {
+                executions.iter().map(move |&e| {
+                    let mut v = v.clone();
+                    v.batch_invariant = e == RawExecution::BatchInvariant;
+                    if several {
+                        let name = if v.batch_invariant {
+                            "batch_invariant"
+                        } else {
+                            "standard"
+                        };
+                        v.axes.push(("execution".into(), name.into()));
+                        v.label = v
+                            .axes
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>()
+                            .join(",");
+                    }
+                    v
+                })
+            })
+            .collect();
+
         // Dedup errors from repeated per-variant observation problems.
         self.errors.dedup();
 

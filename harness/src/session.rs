@@ -117,8 +117,10 @@ impl Session {
     }
 
     /// The backends a scenario runs (its names × devices, in registry order),
-    /// without the oracle.
+    /// without the oracle. [`device_filter`] narrows the devices further.
     pub fn scenario_backends(&self, s: &Scenario) -> Vec<Arc<dyn Backend>> {
+        // An invalid value is reported once at start (tests and CLI).
+        let only = device_filter().ok().flatten();
         self.backends
             .iter()
             .filter(|b| {
@@ -126,6 +128,9 @@ impl Session {
                 i.name != "reference"
                     && s.backends.iter().any(|n| n == i.name)
                     && s.devices.iter().any(|d| d == i.device)
+                    && only
+                        .as_ref()
+                        .is_none_or(|o| o.iter().any(|d| d == i.device))
             })
             .cloned()
             .collect()
@@ -226,6 +231,7 @@ impl Session {
             schedule: &schedule,
             observed: &var.observed,
             threads: s.threads,
+            batch_invariant: var.batch_invariant,
         };
         b.check(&req).map_err(to_run_error)?;
         let _guard = self.gate.lock().unwrap_or_else(|e| e.into_inner());
@@ -246,4 +252,29 @@ fn to_run_error(e: BackendError) -> RunError {
     } else {
         RunError::Fail(e.to_string())
     }
+}
+
+/// `LAYERDRIFT_DEVICES=cuda,wgpu`: run only backends on these devices (the
+/// oracle always runs), e.g. to record GPU snapshots without touching the CPU
+/// ones. Unset or empty: every device a scenario names. An unknown device
+/// name is an error.
+pub fn device_filter() -> Result<Option<Vec<String>>, String> {
+    let Ok(v) = std::env::var("LAYERDRIFT_DEVICES") else {
+        return Ok(None);
+    };
+    let list: Vec<String> = v
+        .split(',')
+        .map(|d| d.trim().to_string())
+        .filter(|d| !d.is_empty())
+        .collect();
+    if let Some(bad) = list
+        .iter()
+        .find(|d| !crate::scenario::DEVICES.contains(&d.as_str()))
+    {
+        return Err(format!(
+            "LAYERDRIFT_DEVICES={v}: unknown device `{bad}` (known: {}; comma-separated)",
+            crate::scenario::DEVICES.join(", ")
+        ));
+    }
+    Ok((!list.is_empty()).then_some(list))
 }

@@ -233,6 +233,16 @@ fn selftest_bad_scenarios() -> Result<(), Failed> {
 
 fn main() -> ExitCode {
     let args = Arguments::from_args();
+    match layerdrift::session::device_filter() {
+        Ok(Some(only)) if !args.list => {
+            eprintln!("layerdrift: LAYERDRIFT_DEVICES: only {}", only.join(", "))
+        }
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let dir = scenario_dir();
     let (mut trials, ignored) = match scenario_trials(&dir) {
         Ok(t) => t,
