@@ -57,7 +57,13 @@ impl Backend for Reference {
             }
             m => m,
         };
-        let req = &RunRequest { model, ..*req };
+        // The truth does not depend on how it is scheduled: the oracle always
+        // computes batched (batch-invariant execution would only cost time).
+        let req = &RunRequest {
+            model,
+            batch_invariant: false,
+            ..*req
+        };
         match (req.model, req.schedule) {
             // Rows are independent: compute only the observed ones.
             (ModelSpec::ResidualMlp(_), _) => exec::run(
