@@ -300,9 +300,12 @@ fn run_decoder<O: Ops>(ops: &O, m: &DecoderSpec, req: &RunRequest<'_>) -> OpResu
     let mut out: Vec<Vec<Option<Vec<f64>>>> = vec![vec![None; req.observed.len()]; m.layers];
 
     let input = ops.upload(req.input, req.dtype)?;
+    let inv = req.batch_invariant;
     for &(start, end) in &segments {
         let seg = ops.narrow(&input, 1, start, end - start)?;
+        // Batch-invariant attention narrows the keys instead of masking them.
         let mask = causal_mask(start, end)
+            .filter(|_| !inv)
             .map(|t| ops.upload(&t, req.dtype))
             .transpose()?;
         let rope = m
@@ -313,7 +316,6 @@ fn run_decoder<O: Ops>(ops: &O, m: &DecoderSpec, req: &RunRequest<'_>) -> OpResu
             })
             .transpose()?;
         let mut x = seg;
-        let inv = req.batch_invariant;
         for (l, layer) in layers.iter().enumerate() {
             let norm1 = |x: &O::T| ops.norm(m.norm, x, &layer.n1.0, layer.n1.1.as_ref(), m.eps);
             let h = rowwise(ops, inv, &x, &norm1)?;

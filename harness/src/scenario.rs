@@ -149,6 +149,17 @@ enum RawDType {
     Bf16,
 }
 
+/// `batch=8,residual=true`, or `base` when no axis has several values.
+fn variant_label(axes: &[(String, String)]) -> String {
+    if axes.is_empty() {
+        return "base".to_string();
+    }
+    axes.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// How a backend executes the model.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
 #[serde(rename_all = "snake_case")]
@@ -1021,14 +1032,7 @@ impl Validator {
                                         );
                                         ax("batch", batches.len(), batch.to_string());
                                         ax("seq", seqs.len(), seq.to_string());
-                                        let label = if axes.is_empty() {
-                                            "base".to_string()
-                                        } else {
-                                            axes.iter()
-                                                .map(|(k, v)| format!("{k}={v}"))
-                                                .collect::<Vec<_>>()
-                                                .join(",")
-                                        };
+                                        let label = variant_label(&axes);
                                         let model = if decoder {
                                             ModelSpec::Decoder(DecoderSpec {
                                                 layers: raw_model.layers,
@@ -1088,12 +1092,7 @@ impl Validator {
                             "standard"
                         };
                         v.axes.push(("execution".into(), name.into()));
-                        v.label = v
-                            .axes
-                            .iter()
-                            .map(|(k, v)| format!("{k}={v}"))
-                            .collect::<Vec<_>>()
-                            .join(",");
+                        v.label = variant_label(&v.axes);
                     }
                     v
                 })
