@@ -11,6 +11,7 @@
 //! reason (after candle's compiled-out `Device`s), so the harness can show an
 //! ignored trial that says what to enable instead of silently skipping.
 
+use crate::device::{BackendId, DeviceKind};
 use crate::dtype::DType;
 use crate::model::{AttentionForm, ModelSpec};
 use crate::request::{Checkpoints, RunRequest, Schedule};
@@ -21,8 +22,8 @@ pub struct BackendInfo {
     /// Library name as in trial names: `candle`, `burn-flex`, `burn-ndarray`,
     /// `burn-cubecl` (burn's GPU backend), `tch`, `reference`.
     pub name: &'static str,
-    /// Device kind: `cpu`, `cuda`, `wgpu`.
-    pub device: &'static str,
+    /// The device kind.
+    pub device: DeviceKind,
     /// Exact library version, e.g. `candle-core 0.11.1`.
     pub version: String,
     /// The device in words (GPU name, or CPU with its SIMD level).
@@ -33,8 +34,11 @@ pub struct BackendInfo {
 
 impl BackendInfo {
     /// `{name}-{device}`, as in trial and snapshot names.
-    pub fn id(&self) -> String {
-        format!("{}-{}", self.name, self.device)
+    pub fn id(&self) -> BackendId {
+        BackendId {
+            name: self.name,
+            device: self.device,
+        }
     }
 }
 
@@ -85,7 +89,12 @@ impl BackendError {
 /// They must synchronise the device before reading results, and must be
 /// deterministic for a given machine, thread count and request.
 pub trait Backend: Send + Sync {
-    /// Identity and versions (cheap; called for every trial listing).
+    /// Name and device only: never opens a device or asks a driver, so it is
+    /// free to call for every trial listing.
+    fn id(&self) -> BackendId;
+
+    /// Identity and versions, with the device's name (may open the device
+    /// once: a GPU runtime is initialised on the first call).
     fn info(&self) -> BackendInfo;
 
     /// `Err(reason)` when the backend cannot be used at all here (feature not
@@ -99,11 +108,11 @@ pub trait Backend: Send + Sync {
     fn supports(&self, what: Capability) -> Result<(), String> {
         match what {
             Capability::DType(DType::F32) => Ok(()),
-            Capability::DType(d) => Err(format!("{} does not compute in {d}", self.info().id())),
+            Capability::DType(d) => Err(format!("{} does not compute in {d}", self.id())),
             Capability::FusedAttention => Err(format!(
                 "{} has no fused attention kernel on {}",
-                self.info().name,
-                self.info().device
+                self.id().name,
+                self.id().device
             )),
         }
     }
@@ -128,12 +137,7 @@ pub trait Backend: Send + Sync {
             self.supports(Capability::FusedAttention)
                 .map_err(BackendError::Unsupported)?;
         }
-        if matches!(schedule, Schedule::Rows) && matches!(model, ModelSpec::Decoder(_)) {
-            return Err(BackendError::Unsupported(
-                "the `rows` strategy needs row-independent layers; a decoder's rows attend to earlier positions".into(),
-            ));
-        }
-        Ok(())
+        schedule.fits(model).map_err(BackendError::Unsupported)
     }
 
     /// [`Backend::can_run`] for a whole request.
@@ -145,11 +149,17 @@ pub trait Backend: Send + Sync {
 /// A backend entry that is not usable in this build or on this machine.
 pub(crate) struct Absent {
     pub(crate) name: &'static str,
-    pub(crate) device: &'static str,
+    pub(crate) device: DeviceKind,
     pub(crate) reason: String,
 }
 
 impl Backend for Absent {
+    fn id(&self) -> BackendId {
+        BackendId {
+            name: self.name,
+            device: self.device,
+        }
+    }
     fn info(&self) -> BackendInfo {
         BackendInfo {
             name: self.name,
@@ -167,7 +177,7 @@ impl Backend for Absent {
     }
 }
 
-fn not_compiled(name: &'static str, device: &'static str, how: &str) -> Box<dyn Backend> {
+fn not_compiled(name: &'static str, device: DeviceKind, how: &str) -> Box<dyn Backend> {
     Box::new(Absent {
         name,
         device,
@@ -186,13 +196,13 @@ pub fn registry() -> Vec<Box<dyn Backend>> {
     #[cfg(not(feature = "candle"))]
     out.push(not_compiled(
         "candle",
-        "cpu",
+        DeviceKind::Cpu,
         "build with `--features candle` (on by default)",
     ));
     #[cfg(not(feature = "candle-cuda"))]
     out.push(not_compiled(
         "candle",
-        "cuda",
+        DeviceKind::Cuda,
         "build with `--features cuda` (needs nvcc; see the README's GPU section)",
     ));
 
@@ -202,12 +212,12 @@ pub fn registry() -> Vec<Box<dyn Backend>> {
     {
         out.push(not_compiled(
             "burn-flex",
-            "cpu",
+            DeviceKind::Cpu,
             "build with `--features burn` (on by default)",
         ));
         out.push(not_compiled(
             "burn-ndarray",
-            "cpu",
+            DeviceKind::Cpu,
             "build with `--features burn` (on by default)",
         ));
     }
@@ -215,20 +225,20 @@ pub fn registry() -> Vec<Box<dyn Backend>> {
     #[cfg(not(feature = "burn-wgpu"))]
     out.push(not_compiled(
         "burn-cubecl",
-        "wgpu",
+        DeviceKind::Wgpu,
         "build with `--features burn-wgpu` (builds offline; see the README's GPU section)",
     ));
     #[cfg(not(feature = "burn-cuda"))]
     out.push(not_compiled(
         "burn-cubecl",
-        "cuda",
+        DeviceKind::Cuda,
         "build with `--features burn-cuda` (its build needs the tracel-llvm bundle; see the README's GPU section)",
     ));
 
     #[cfg(feature = "tch")]
     out.extend(crate::tch::backends());
     #[cfg(not(feature = "tch"))]
-    for device in ["cpu", "cuda"] {
+    for device in [DeviceKind::Cpu, DeviceKind::Cuda] {
         out.push(not_compiled(
             "tch",
             device,

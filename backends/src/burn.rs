@@ -58,6 +58,7 @@ use burn_flex::Flex;
 use burn_ndarray::NdArray;
 
 use crate::backend::{Backend, BackendError, BackendInfo, Capability};
+use crate::device::{BackendId, DeviceKind};
 use crate::dtype::DType;
 use crate::exec;
 use crate::host::HostTensor;
@@ -84,7 +85,7 @@ fn cpu_backends() -> Vec<Box<dyn Backend>> {
     vec![
         Box::new(Burn::<Flex>::new(
             "burn-flex",
-            "cpu",
+            DeviceKind::Cpu,
             format!("burn-flex {}", env!("LD_VERSION_BURN_FLEX")),
             // flex parallelises elementwise ops, reductions and its `gemm`
             // matmuls (`Parallelism::Rayon(0)`) on rayon's global pool.
@@ -93,7 +94,7 @@ fn cpu_backends() -> Vec<Box<dyn Backend>> {
         )),
         Box::new(Burn::<NdArray>::new(
             "burn-ndarray",
-            "cpu",
+            DeviceKind::Cpu,
             format!("burn-ndarray {}", env!("LD_VERSION_BURN_NDARRAY")),
             // ndarray's matmuls (most of the work) run on `matrixmultiply`'s
             // own thread pool, sized by `MATMUL_NUM_THREADS`; its elementwise
@@ -175,7 +176,7 @@ type OpenDevice<B> = fn() -> Result<(<B as BackendTypes>::Device, String), Strin
 /// One burn backend on one device.
 struct Burn<B: BurnBackend> {
     name: &'static str,
-    device: &'static str,
+    device: DeviceKind,
     version: String,
     threads: fn() -> usize,
     open: OpenDevice<B>,
@@ -186,7 +187,7 @@ struct Burn<B: BurnBackend> {
 impl<B: BurnBackend> Burn<B> {
     fn new(
         name: &'static str,
-        device: &'static str,
+        device: DeviceKind,
         version: String,
         threads: fn() -> usize,
         open: OpenDevice<B>,
@@ -207,10 +208,6 @@ impl<B: BurnBackend> Burn<B> {
         self.opened
             .get_or_init(|| catch_unwind(self.open).unwrap_or_else(|p| Err(panic_message(p))))
             .as_ref()
-    }
-
-    fn id(&self) -> String {
-        format!("{}-{}", self.name, self.device)
     }
 }
 
@@ -233,6 +230,13 @@ fn burn_dtype(d: DType) -> BDType {
 }
 
 impl<B: BurnBackend> Backend for Burn<B> {
+    fn id(&self) -> BackendId {
+        BackendId {
+            name: self.name,
+            device: self.device,
+        }
+    }
+
     fn info(&self) -> BackendInfo {
         let device_name = match self.opened() {
             Ok((_, name)) => name.clone(),
@@ -273,7 +277,7 @@ impl<B: BurnBackend> Backend for Burn<B> {
 
     fn run(&self, req: &RunRequest<'_>) -> Result<Checkpoints, BackendError> {
         self.check(req)?;
-        let id = self.id();
+        let id = self.id().to_string();
         let (device, _) = self
             .opened()
             .map_err(|why| BackendError::Unavailable(why.clone()))?;
@@ -294,6 +298,7 @@ impl<B: BurnBackend> Backend for Burn<B> {
 #[cfg(any(feature = "burn-wgpu", feature = "burn-cuda"))]
 mod gpu {
     use super::{BackendTypes, Burn};
+    use crate::device::DeviceKind;
     use cubecl::Device;
 
     /// The device and its name as the runtime reports it (`NVIDIA H200`,
@@ -323,7 +328,7 @@ mod gpu {
         }
         Burn::new(
             "burn-cubecl",
-            "wgpu",
+            DeviceKind::Wgpu,
             format!(
                 "burn-wgpu {} (cubecl {}, wgpu {})",
                 env!("LD_VERSION_BURN_WGPU"),
@@ -343,7 +348,7 @@ mod gpu {
         }
         Burn::new(
             "burn-cubecl",
-            "cuda",
+            DeviceKind::Cuda,
             format!(
                 "burn-cuda {} (cubecl {})",
                 env!("LD_VERSION_BURN_CUDA"),
@@ -735,18 +740,18 @@ mod tests {
     fn check(model: &ModelSpec, schedule: &Schedule, dtype: DType, tol: f64, what: &str) {
         for b in cpu_backends() {
             let d = drift(b.as_ref(), model, schedule, dtype);
-            println!("{} {what} {dtype}: max |Δ| per layer {d:?}", b.info().id());
+            println!("{} {what} {dtype}: max |Δ| per layer {d:?}", b.id());
             assert!(
                 d.iter().all(|&x| x < tol),
                 "{} {what}: {d:?} ≥ {tol}",
-                b.info().id()
+                b.id()
             );
         }
     }
 
     #[test]
     fn identities() {
-        let ids: Vec<_> = cpu_backends().iter().map(|b| b.info().id()).collect();
+        let ids: Vec<_> = cpu_backends().iter().map(|b| b.id().to_string()).collect();
         assert_eq!(ids, ["burn-flex-cpu", "burn-ndarray-cpu"]);
         for b in cpu_backends() {
             let info = b.info();
@@ -814,7 +819,7 @@ mod tests {
                 };
                 let first = bits(run(b.as_ref(), model, schedule, DType::F32).expect("run"));
                 let second = bits(run(b.as_ref(), model, schedule, DType::F32).expect("run"));
-                assert_eq!(first, second, "{} {}", b.info().id(), model.kind());
+                assert_eq!(first, second, "{} {}", b.id(), model.kind());
             }
         }
     }
@@ -849,11 +854,11 @@ mod tests {
                     Ok(_) => {
                         assert!(supported.is_ok());
                         let d = drift(b.as_ref(), &model, &Schedule::kv_cache(3, 6), dtype);
-                        println!("{} decoder {dtype}: max |Δ| per layer {d:?}", b.info().id());
+                        println!("{} decoder {dtype}: max |Δ| per layer {d:?}", b.id());
                         assert!(d.iter().all(|&x| x < 0.25), "{dtype}: {d:?}");
                     }
                     Err(err) => {
-                        println!("{} {dtype}: {err}", b.info().id());
+                        println!("{} {dtype}: {err}", b.id());
                         assert!(err.is_skip() && supported.is_err(), "{err}");
                     }
                 }

@@ -9,6 +9,7 @@
 use candle_core::{DType as CDType, Device, Tensor};
 
 use crate::backend::{Backend, BackendError, BackendInfo, Capability};
+use crate::device::{BackendId, DeviceKind};
 use crate::dtype::DType;
 use crate::exec;
 use crate::host::HostTensor;
@@ -49,11 +50,22 @@ fn dtype(d: DType) -> CDType {
 }
 
 impl Backend for Candle {
+    fn id(&self) -> BackendId {
+        BackendId {
+            name: "candle",
+            device: if self.cuda {
+                DeviceKind::Cuda
+            } else {
+                DeviceKind::Cpu
+            },
+        }
+    }
+
     fn info(&self) -> BackendInfo {
         let (device, device_name) = if self.cuda {
-            ("cuda", crate::cpu::nvidia_gpu_name())
+            (DeviceKind::Cuda, crate::cpu::nvidia_gpu_name())
         } else {
-            ("cpu", crate::cpu::describe())
+            (DeviceKind::Cpu, crate::cpu::describe())
         };
         BackendInfo {
             name: "candle",
@@ -87,7 +99,7 @@ impl Backend for Candle {
         let ops = CandleOps {
             device: self.device().map_err(BackendError::Unavailable)?,
         };
-        exec::run(&ops, &self.info().id(), req)
+        exec::run(&ops, &self.id().to_string(), req)
     }
 }
 

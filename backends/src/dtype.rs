@@ -21,6 +21,15 @@ impl DType {
     /// Every dtype, in the order scenarios list them.
     pub const ALL: [DType; 4] = [DType::F32, DType::F64, DType::F16, DType::BF16];
 
+    /// Bytes per element.
+    pub const fn size(self) -> usize {
+        match self {
+            DType::F64 => 8,
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+        }
+    }
+
     /// The scenario spelling (`f32`, `f64`, `f16`, `bf16`).
     pub fn name(self) -> &'static str {
         match self {

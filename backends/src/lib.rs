@@ -27,6 +27,7 @@
 
 pub mod backend;
 pub mod cpu;
+pub mod device;
 pub mod dtype;
 mod exec;
 pub mod host;
@@ -45,6 +46,7 @@ mod candle;
 mod tch;
 
 pub use backend::{Backend, BackendError, BackendInfo, Capability, registry};
+pub use device::{BackendId, DeviceKind};
 pub use dtype::DType;
 pub use host::HostTensor;
 pub use model::{Activation, AttentionForm, DecoderSpec, ModelSpec, Norm, ResidualMlpSpec};

@@ -12,6 +12,7 @@
 use ndarray::{ArrayD, Axis, Ix2, IxDyn, concatenate};
 
 use crate::backend::{Backend, BackendError, BackendInfo, Capability};
+use crate::device::{BackendId, DeviceKind};
 use crate::dtype::DType;
 use crate::exec;
 use crate::host::HostTensor;
@@ -23,10 +24,14 @@ use crate::request::{Checkpoints, Row, RunRequest, Schedule};
 pub struct Reference;
 
 impl Backend for Reference {
+    fn id(&self) -> BackendId {
+        BackendId::ORACLE
+    }
+
     fn info(&self) -> BackendInfo {
         BackendInfo {
             name: "reference",
-            device: "cpu",
+            device: DeviceKind::Cpu,
             version: format!(
                 "layerdrift-backends {} (f64, ndarray)",
                 env!("CARGO_PKG_VERSION")

@@ -41,11 +41,38 @@ impl Schedule {
         Schedule::Segments(s)
     }
 
+    /// Whether this schedule means something for `model`: the one rule that
+    /// scenario validation and every backend apply. `rows` feeds rows alone,
+    /// so it needs row-independent layers; segments go through a KV cache,
+    /// so they need attention.
+    ///
+    /// ```
+    /// use layerdrift_backends::{ModelSpec, ResidualMlpSpec, Activation, Norm, Schedule};
+    /// let mlp = ModelSpec::ResidualMlp(ResidualMlpSpec {
+    ///     layers: 1, dim: 4, hidden: 4, activation: Activation::GeluErf,
+    ///     norm: Norm::LayerNorm, eps: 1e-5, residual: true });
+    /// assert!(Schedule::Rows.fits(&mlp).is_ok());
+    /// assert!(Schedule::kv_cache(2, 4).fits(&mlp).unwrap_err().contains("decoder"));
+    /// ```
+    pub fn fits(&self, model: &ModelSpec) -> Result<(), String> {
+        match (self, model) {
+            (Schedule::Rows, ModelSpec::Decoder(_)) => Err(
+                "`rows` needs row-independent layers; a decoder's rows attend to earlier positions — use `kv_cache` or `chunked`"
+                    .into(),
+            ),
+            (Schedule::Segments(_), ModelSpec::ResidualMlp(_)) => Err(
+                "`kv_cache` and `chunked` need a decoder (attention with a KV cache); a residual_mlp has none — use `full` or `rows`"
+                    .into(),
+            ),
+            _ => Ok(()),
+        }
+    }
+
     /// The sequence in chunks of `chunk` positions (the last may be shorter).
     pub fn chunked(chunk: usize, seq: usize) -> Schedule {
         Schedule::Segments(
             (0..seq)
-                .step_by(chunk)
+                .step_by(chunk.max(1))
                 .map(|s| (s, (s + chunk).min(seq)))
                 .collect(),
         )

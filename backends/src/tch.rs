@@ -21,6 +21,7 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 use tch::{Device, Kind, TchError, Tensor};
 
 use crate::backend::{Backend, BackendError, BackendInfo, Capability};
+use crate::device::{BackendId, DeviceKind};
 use crate::dtype::DType;
 use crate::exec;
 use crate::host::HostTensor;
@@ -81,11 +82,22 @@ fn current_threads() -> usize {
 }
 
 impl Backend for Tch {
+    fn id(&self) -> BackendId {
+        BackendId {
+            name: "tch",
+            device: if self.cuda {
+                DeviceKind::Cuda
+            } else {
+                DeviceKind::Cpu
+            },
+        }
+    }
+
     fn info(&self) -> BackendInfo {
         let (device, device_name, threads) = if self.cuda {
-            ("cuda", crate::cpu::nvidia_gpu_name(), 1)
+            (DeviceKind::Cuda, crate::cpu::nvidia_gpu_name(), 1)
         } else {
-            ("cpu", crate::cpu::describe(), current_threads())
+            (DeviceKind::Cpu, crate::cpu::describe(), current_threads())
         };
         BackendInfo {
             name: "tch",
@@ -119,8 +131,7 @@ impl Backend for Tch {
 
     fn run(&self, req: &RunRequest<'_>) -> Result<Checkpoints, BackendError> {
         self.check(req)?;
-        // Not `self.info().id()`: that would ask nvidia-smi for the GPU name.
-        let id = format!("tch-{}", if self.cuda { "cuda" } else { "cpu" });
+        let id = self.id().to_string();
         let _guard = RUN_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
         // Set on every run, also to the default: the setting is per OS thread
         // (OpenMP) as well as global, and a previous run may have changed it.
@@ -480,7 +491,7 @@ mod tests {
     #[test]
     fn info_and_availability() {
         let b = backends();
-        let ids: Vec<String> = b.iter().map(|b| b.info().id()).collect();
+        let ids: Vec<String> = b.iter().map(|b| b.id().to_string()).collect();
         assert_eq!(ids, ["tch-cpu", "tch-cuda"]);
         let info = b[0].info();
         println!("{info:?}");

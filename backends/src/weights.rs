@@ -188,10 +188,24 @@ fn shape_hint(model: &ModelSpec, name: &str, found: &[usize]) -> String {
 /// Reads every tensor of a safetensors file as f32 (F16 and BF16 widen exactly).
 pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>, WeightsError> {
     use safetensors::{Dtype, SafeTensors};
-    let bytes = std::fs::read(path).map_err(|source| WeightsError::Io {
+    let io = |source| WeightsError::Io {
         path: path.into(),
         source,
-    })?;
+    };
+    // A directory, a device (`/dev/zero`) or a pipe would fail late or never
+    // end: only regular files are read.
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        let what = if meta.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file (a device, pipe or socket)"
+        };
+        return Err(io(std::io::Error::other(format!(
+            "{what}: give the path of a .safetensors file"
+        ))));
+    }
+    let bytes = std::fs::read(path).map_err(io)?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| WeightsError::Format {
         path: path.into(),
         message: e.to_string(),

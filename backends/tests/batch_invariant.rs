@@ -31,7 +31,7 @@ fn residual_mlp_full_equals_rows_bitwise() {
     let (batch, seq) = (4, 16);
     let truth = run_exec(&Reference, &m, &Schedule::Rows, batch, seq, false).unwrap();
     for b in available() {
-        let id = b.info().id();
+        let id = b.id().to_string();
         let full = run_exec(b.as_ref(), &m, &Schedule::Full, batch, seq, true).unwrap();
         let rows = run_exec(b.as_ref(), &m, &Schedule::Rows, batch, seq, true).unwrap();
         assert_eq!(
@@ -52,7 +52,7 @@ fn decoder_full_equals_cache_and_chunks_bitwise() {
         let m = decoder(att);
         let truth = run_exec(&Reference, &m, &Schedule::Full, batch, seq, false).unwrap();
         for b in available() {
-            let id = b.info().id();
+            let id = b.id().to_string();
             let full = match run_exec(b.as_ref(), &m, &Schedule::Full, batch, seq, true) {
                 Ok(c) => c,
                 // Only fused attention may be declined, and it says so.

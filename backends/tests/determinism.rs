@@ -16,7 +16,7 @@ use layerdrift_backends::{AttentionForm, Schedule};
 fn fingerprints() -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     for b in available() {
-        let id = b.info().id();
+        let id = b.id().to_string();
         let a = run(b.as_ref(), &mlp(true), &Schedule::Full).unwrap();
         let d = run(
             b.as_ref(),

@@ -59,7 +59,7 @@ fn file_weights_and_inputs_equal_in_memory_bitwise() {
                 run_with(b.as_ref(), &model, &from_file, &input_file),
                 run_with(b.as_ref(), &model, &w, &input),
                 "{} {}: file and memory differ",
-                b.info().id(),
+                b.id(),
                 model.kind()
             );
         }

@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::metric::Metric;
 use crate::metrics::{DriftProfile, LayerDrift};
 
 /// Limits on per-layer metrics (each optional).
@@ -49,51 +50,50 @@ pub struct Bounds {
 }
 
 impl MetricBounds {
-    fn problems(&self, at: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        for (k, v) in [
-            ("mean_abs", self.mean_abs),
-            ("max_abs", self.max_abs),
-            ("rms", self.rms),
-            ("max_rel", self.max_rel),
-            ("min_equal_share", self.min_equal_share),
-        ] {
-            if let Some(v) = v
-                && !(v >= 0.0 && v.is_finite())
-            {
-                out.push(format!("{at}.{k} must be a finite number ≥ 0, got {v}"));
-            }
+    /// The limit on `m`, if one is set.
+    pub fn limit(&self, m: Metric) -> Option<f64> {
+        match m {
+            Metric::MeanAbs => self.mean_abs,
+            Metric::MaxAbs => self.max_abs,
+            Metric::Rms => self.rms,
+            Metric::MaxRel => self.max_rel,
+            Metric::MaxUlps => self.max_ulps.map(|u| u as f64),
+            Metric::Equal => self.min_equal_share,
         }
-        if self.min_equal_share.is_some_and(|s| s > 1.0) {
-            out.push(format!("{at}.min_equal_share is a share between 0 and 1"));
+    }
+
+    /// `(key, problem)` for every limit that makes no sense.
+    fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for m in Metric::ALL {
+            let Some(v) = self.limit(m) else { continue };
+            let key = m.bound_key().to_string();
+            if !(v >= 0.0 && v.is_finite()) {
+                out.push((key, format!("must be a finite number ≥ 0, got {v}")));
+            } else if m.is_floor() && v > 1.0 {
+                out.push((key, format!("is a share between 0 and 1, got {v}")));
+            }
         }
         out
     }
 
-    /// Violations at one layer, as `metric value > bound` phrases.
+    /// Violations at one layer, as `metric value > bound` phrases. A NaN
+    /// metric value is a violation (`!(v <= b)`).
     fn violations(&self, d: &LayerDrift) -> Vec<String> {
         let mut out = Vec::new();
-        let mut over = |name: &str, value: f64, bound: Option<f64>| {
-            if let Some(b) = bound {
-                // `!(v <= b)` so that a NaN metric is a violation.
-                if !(value <= b) {
-                    out.push(format!("{name} {value:.3e} > {b:.3e}"));
+        for m in Metric::ALL {
+            let Some(b) = self.limit(m) else { continue };
+            let v = m.value(d);
+            if m.is_floor() {
+                if !(v >= b) {
+                    out.push(format!("equal_share {v:.4} < {b}"));
                 }
+            } else if !(v <= b) {
+                out.push(match m {
+                    Metric::MaxUlps => format!("max_ulps {v:.0} > {b:.0}"),
+                    _ => format!("{} {v:.3e} > {b:.3e}", m.name()),
+                });
             }
-        };
-        over("mean_abs", d.mean_abs, self.mean_abs);
-        over("max_abs", d.max_abs, self.max_abs);
-        over("rms", d.rms, self.rms);
-        over("max_rel", d.max_rel, self.max_rel);
-        if let Some(b) = self.max_ulps
-            && d.max_ulps > b
-        {
-            out.push(format!("max_ulps {} > {b}", d.max_ulps));
-        }
-        if let Some(b) = self.min_equal_share
-            && !(d.equal_share >= b)
-        {
-            out.push(format!("equal_share {:.4} < {b}", d.equal_share));
         }
         out
     }
@@ -105,19 +105,26 @@ impl Bounds {
         *self == Bounds::default()
     }
 
-    /// Values that make no sense (negative limits, NaN), as messages.
-    pub fn problems(&self) -> Vec<String> {
+    /// `(key path below the bounds, problem)` for every value that makes no
+    /// sense (negative limits, NaN, a share above 1).
+    pub fn problems(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        if let Some(b) = &self.every_layer {
-            out.extend(b.problems("every_layer"));
-        }
-        if let Some(b) = &self.last_layer {
-            out.extend(b.problems("last_layer"));
+        for (at, b) in [
+            ("every_layer", &self.every_layer),
+            ("last_layer", &self.last_layer),
+        ] {
+            if let Some(b) = b {
+                out.extend(
+                    b.problems()
+                        .into_iter()
+                        .map(|(k, m)| (format!("{at}.{k}"), m)),
+                );
+            }
         }
         if let Some(g) = self.growth_exponent
             && !g.is_finite()
         {
-            out.push(format!("growth_exponent must be finite, got {g}"));
+            out.push(("growth_exponent".into(), format!("must be finite, got {g}")));
         }
         out
     }
@@ -131,7 +138,7 @@ impl Bounds {
     /// use layerdrift_backends::{Checkpoints, DType};
     /// let a = Checkpoints { dim: 1, rows: 1, layers: vec![vec![1.0], vec![f64::NAN]] };
     /// let b = Checkpoints { dim: 1, rows: 1, layers: vec![vec![1.0], vec![1.0]] };
-    /// let p = DriftProfile::compare(&a, &b, DType::F32);
+    /// let p = DriftProfile::compare(&a, &b, DType::F32).unwrap();
     /// // No bound set at all, and the NaN still fails:
     /// let v = Bounds::default().violations(&p);
     /// assert!(v[0].contains("layer 2") && v[0].contains("NaN or Inf"));
@@ -201,7 +208,7 @@ mod tests {
             rows: 1,
             layers: diffs.iter().map(|d| vec![1.0 + d]).collect(),
         };
-        DriftProfile::compare(&a, &b, DType::F64)
+        DriftProfile::compare(&a, &b, DType::F64).unwrap()
     }
 
     #[test]

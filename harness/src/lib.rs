@@ -7,29 +7,109 @@
 //! models on real backends (candle, burn, libtorch), against an f64 oracle,
 //! and gates it in CI with bounds and insta snapshots.
 //!
-//! The flow: a YAML [`scenario`] expands into variants; [`plan`] turns it into
-//! trials (`{scenario}/{backend}-{device}/{check}`); a [`session::Session`]
-//! runs each backend run once; [`metrics`] compares checkpoints layer by layer;
-//! [`bounds`] judges them; [`snapshot`] records them; [`report`] and [`plot`]
-//! show them.
+//! From scenario file to verdict, one module per step, data flowing one way:
 //!
-//! ## Environment variables
-//! | variable | effect |
-//! |---|---|
-//! | `LAYERDRIFT_SCENARIOS` | directory of scenario files (default `<root>/scenarios`) |
-//! | `LAYERDRIFT_ROOT` | workspace root holding `scenarios/` and `snapshots/` (default: where the crate was built) |
-//! | `LAYERDRIFT_SLOW=1` | run `slow: true` scenarios in debug builds too |
-//! | `INSTA_UPDATE`, `CI` | insta's: `CI=true` writes nothing and fails on a change; `INSTA_UPDATE=always` accepts |
-//! | `RAYON_NUM_THREADS` | threads of candle and burn-flex on CPU |
-//! | `LAYERDRIFT_LIBTORCH_LIB` | libtorch's `lib` folder for the `tch` build (written by `scripts/setup-libtorch`) |
+//! ```text
+//! env, workspace ─► scenario (syntax → raw → validate → observe/expand)
+//!                     │
+//!                     ▼
+//!   session (runs each (variant, backend, strategy) once, memoised)
+//!                     │
+//!                     ▼
+//!   engine (comparisons → evaluate: metrics + bounds → Outcome)
+//!          │                         │
+//!          ▼                         ▼
+//!   plan (trials, ignore reasons)   sinks: snapshot (doc, store), table, plot
+//!          │                         │
+//!          └──► front ends: tests/scenarios.rs (libtest-mimic), main.rs (CLI)
+//! ```
+//!
+//! Vocabularies live in one place each: metrics in [`metric`], devices and
+//! backend ids in `layerdrift_backends::device`, strategies and the rule of
+//! which fits which model in `layerdrift_backends::Schedule::fits`,
+//! environment variables in [`env`].
 
 pub mod bounds;
-pub mod discover;
-pub mod locate;
+pub mod class;
+pub mod engine;
+pub mod env;
+pub mod metric;
 pub mod metrics;
 pub mod plan;
 pub mod plot;
-pub mod report;
 pub mod scenario;
 pub mod session;
 pub mod snapshot;
+pub mod table;
+pub mod workspace;
+
+/// The layering, checked: each module may use only modules listed before it
+/// (the README's "from a scenario file to a verdict"), so data flows one way
+/// and there is no import cycle.
+#[cfg(test)]
+mod layering {
+    /// Modules in dependency order.
+    const ORDER: &[&str] = &[
+        "env",
+        "workspace",
+        "metrics",
+        "metric",
+        "bounds",
+        "scenario",
+        "session",
+        "engine",
+        "class",
+        "plan",
+        "snapshot",
+        "table",
+        "plot",
+    ];
+
+    fn sources(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).expect("src dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                sources(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+
+    #[test]
+    fn modules_use_only_earlier_modules() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        sources(&src, &mut files);
+        let mut problems = Vec::new();
+        for f in files {
+            let rel = f.strip_prefix(&src).expect("under src");
+            let first = rel.components().next().expect("a component");
+            let module = first
+                .as_os_str()
+                .to_string_lossy()
+                .trim_end_matches(".rs")
+                .to_string();
+            let Some(rank) = ORDER.iter().position(|m| *m == module) else {
+                assert!(
+                    ["lib", "main"].contains(&module.as_str()),
+                    "{module} is missing from ORDER (and from the README's layout)"
+                );
+                continue;
+            };
+            let text = std::fs::read_to_string(&f).expect("source");
+            for (i, used) in ORDER.iter().enumerate() {
+                let refers = text.contains(&format!("crate::{used}::"))
+                    || text.contains(&format!("crate::{used};"))
+                    || text.contains(&format!("crate::{used}}}"));
+                if refers && i > rank {
+                    problems.push(format!(
+                        "{} uses `{used}`, which comes after it",
+                        rel.display()
+                    ));
+                }
+            }
+        }
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+}

@@ -1,18 +1,21 @@
-//! The `layerdrift` command line: run, validate and list scenarios.
+//! The `layerdrift` command line: a thin front end over the engine.
+//!
+//! Exit codes: 0 all good; 1 a comparison out of bounds, or a backend run
+//! that failed; 2 bad input (a scenario, a flag, an environment variable).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use layerdrift::discover::{scenario_dir, scenario_files};
-use layerdrift::plan::{Outcome, comparisons, evaluate};
-use layerdrift::report::{METRICS, metric_value, sig3, table};
+use layerdrift::engine::{self, ScenarioReport};
+use layerdrift::env::{self, VARS, env};
+use layerdrift::metric::{Metric, sig3};
 use layerdrift::scenario::Scenario;
-use layerdrift::session::{ORACLE, RunError, Session};
+use layerdrift::session::Session;
+use layerdrift::table::table;
+use layerdrift::workspace::{root, scenario_dir, scenario_files};
 use serde::Serialize;
 
 /// Differential testing of tensor backends: how far do mathematically
@@ -34,8 +37,8 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         backends: Vec<String>,
         /// Metric for the tables and plots: mean_abs, max_abs, rms, max_rel, max_ulps, equal.
-        #[arg(long, default_value = "mean_abs")]
-        metric: String,
+        #[arg(long, default_value = "mean_abs", value_parser = |s: &str| s.parse::<Metric>())]
+        metric: Metric,
         /// Where to write the plots (default: target/layerdrift/<scenario>/).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -49,17 +52,23 @@ enum Command {
         #[arg(long)]
         summary: bool,
     },
-    /// Check scenario files without running them.
+    /// Check scenario files without running them (every problem, with its position).
     Validate {
         /// Scenario files (default: every file in the scenario directory).
         files: Vec<PathBuf>,
     },
-    /// List the shipped scenarios and the backends of this build.
+    /// List the backends of this build and the shipped scenarios.
     List,
+    /// The environment variables layerdrift reads, and their values here.
+    Env,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = env::check() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Run {
             file,
@@ -69,9 +78,10 @@ fn main() -> ExitCode {
             json,
             log_y,
             summary,
-        } => run(&file, &backends, &metric, out, json, log_y, summary),
+        } => run(&file, &backends, metric, out, json, log_y, summary),
         Command::Validate { files } => validate(files),
         Command::List => list(),
+        Command::Env => show_env(),
     };
     match result {
         Ok(code) => code,
@@ -80,13 +90,6 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-fn load(file: &Path, session: &Session) -> Result<Scenario, ExitCode> {
-    Scenario::load(file, &session.known_names()).map_err(|e| {
-        eprintln!("{e}");
-        ExitCode::from(2)
-    })
 }
 
 fn validate(files: Vec<PathBuf>) -> Result<ExitCode> {
@@ -98,14 +101,15 @@ fn validate(files: Vec<PathBuf>) -> Result<ExitCode> {
     let session = Session::new();
     let mut bad = 0;
     for f in &files {
-        match Scenario::load(f, &session.known_names()) {
+        match session.load(f) {
             Ok(s) => println!(
-                "{}: ok — {} variant(s), {} strateg{}, {} check(s)",
+                "{}: ok — {} variant(s), {} strateg{}, {} check(s), largest run ≈ {:.0} MB",
                 f.display(),
                 s.variants.len(),
                 s.strategies.len(),
                 if s.strategies.len() == 1 { "y" } else { "ies" },
-                s.checks.len()
+                s.checks.len(),
+                s.estimated_bytes / 1e6
             ),
             Err(e) => {
                 bad += 1;
@@ -122,24 +126,27 @@ fn validate(files: Vec<PathBuf>) -> Result<ExitCode> {
 
 fn list() -> Result<ExitCode> {
     let session = Session::new();
-    println!("backends in this build:");
+    println!("backends in this build (snapshot class in brackets):");
     for b in session.backends() {
-        let i = b.info();
         match b.available() {
-            Ok(()) => println!(
-                "  {:<18} {} — {}, {} thread(s)",
-                i.id(),
-                i.version,
-                i.device_name,
-                i.threads
-            ),
-            Err(why) => println!("  {:<18} unavailable: {why}", i.id()),
+            Ok(()) => {
+                let i = b.info();
+                println!(
+                    "  {:<18} {} — {}, {} thread(s) [{}]",
+                    i.id(),
+                    i.version,
+                    i.device_name,
+                    i.threads,
+                    layerdrift::class::class_of(&i)
+                );
+            }
+            Err(why) => println!("  {:<18} unavailable: {why}", b.id()),
         }
     }
     let dir = scenario_dir();
     println!("\nscenarios in {}:", dir.display());
     for f in scenario_files(&dir).map_err(anyhow::Error::msg)? {
-        match Scenario::load(&f, &session.known_names()) {
+        match session.load(&f) {
             Ok(s) => println!(
                 "  {:<28} {} variant(s){} — {}",
                 s.name,
@@ -153,12 +160,33 @@ fn list() -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-#[derive(Serialize)]
-struct RunTiming {
-    backend: String,
-    strategy: String,
-    variant: String,
-    wall_ms: f64,
+fn show_env() -> Result<ExitCode> {
+    for v in VARS {
+        let values: Vec<String> = v
+            .name
+            .split(", ")
+            .map(|n| match std::env::var(n) {
+                Ok(x) => format!("{n}={x}"),
+                Err(_) => format!("{n} unset"),
+            })
+            .collect();
+        println!(
+            "{:<26} {}\n{:<26} {}",
+            v.name,
+            values.join(", "),
+            "",
+            v.effect
+        );
+    }
+    let e = env();
+    println!(
+        "\nin effect: root {}, scenarios {}, memory limit {:.1} GB (from {})",
+        e.root.display(),
+        e.scenarios.display(),
+        e.memory_limit as f64 / 1e9,
+        e.memory_limit_from
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Serialize)]
@@ -166,187 +194,27 @@ struct JsonReport<'a> {
     scenario: &'a str,
     file: String,
     backends: Vec<serde_json::Value>,
-    timings: Vec<RunTiming>,
-    outcomes: &'a [Outcome],
+    runs: &'a [engine::RunRecord],
+    outcomes: &'a [engine::Outcome],
+    errors: &'a [String],
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run(
-    file: &Path,
-    only: &[String],
-    metric: &str,
-    out: Option<PathBuf>,
-    json: Option<PathBuf>,
-    log_y: bool,
-    summary_only: bool,
-) -> Result<ExitCode> {
-    if !METRICS.contains(&metric) {
-        anyhow::bail!(
-            "unknown metric `{metric}`; use one of {}",
-            METRICS.join(", ")
-        );
-    }
-    layerdrift::session::device_filter().map_err(anyhow::Error::msg)?;
-    let session = Arc::new(Session::new());
-    let mut s = match load(file, &session) {
-        Ok(s) => s,
-        Err(code) => return Ok(code),
-    };
-    if !only.is_empty() {
-        s.backends.retain(|b| {
-            only.iter()
-                .any(|o| o == b || o.starts_with(&format!("{b}-")))
-        });
-        if s.backends.is_empty() {
-            anyhow::bail!(
-                "--backends {} matches none of the scenario's backends",
-                only.join(",")
-            );
-        }
-    }
+fn header(s: &Scenario, file: &Path) {
     println!("scenario {} ({})", s.name, file.display());
     if !s.description.is_empty() {
         println!("  {}", s.description.trim().replace('\n', "\n  "));
     }
-    println!(
-        "  {} variant(s): {}",
-        s.variants.len(),
-        s.variants
-            .iter()
-            .map(|v| v.label.as_str())
-            .collect::<Vec<_>>()
-            .join("  ")
-    );
-    println!(
-        "  strategies: {}",
-        s.strategies
-            .iter()
-            .map(|x| x.describe())
-            .collect::<Vec<_>>()
-            .join("; ")
-    );
+    let labels: Vec<&str> = s.variants.iter().map(|v| v.label.as_str()).collect();
+    println!("  {} variant(s): {}", s.variants.len(), labels.join("  "));
+    let strategies: Vec<String> = s.strategies.iter().map(|x| x.describe()).collect();
+    println!("  strategies: {}", strategies.join("; "));
+}
 
-    // Which backends take part, and why the others do not.
-    let mut backends = vec![
-        session
-            .backend(ORACLE)
-            .expect("oracle is always built")
-            .clone(),
-    ];
-    backends.extend(session.scenario_backends(&s));
-    let mut active = Vec::new();
-    println!("  backends:");
-    for b in &backends {
-        let i = b.info();
-        match b.available() {
-            Ok(()) => {
-                println!(
-                    "    {:<18} {} — {}, {} thread(s)",
-                    i.id(),
-                    i.version,
-                    i.device_name,
-                    i.threads
-                );
-                active.push(b.clone());
-            }
-            Err(why) => {
-                let short = only.is_empty() || only.iter().any(|o| *o == i.id());
-                if short {
-                    println!("    {:<18} skipped: {why}", i.id());
-                }
-            }
-        }
-    }
-
-    // Every comparison, and the runs they need.
-    // (A comparison with a backend that cannot run here was reported above.)
-    let comps: Vec<_> = active
-        .iter()
-        .flat_map(|b| comparisons(&s, &session, b.as_ref()))
-        .filter(|c| {
-            session
-                .backend(&c.b.backend)
-                .is_some_and(|b| b.available().is_ok())
-        })
-        .collect();
-    let mut needed = Vec::new();
-    for c in &comps {
-        for side in [&c.a, &c.b] {
-            for v in 0..s.variants.len() {
-                let key = (side.backend.clone(), side.strategy.clone(), v);
-                if !needed.contains(&key)
-                    && session
-                        .backend(&side.backend)
-                        .is_some_and(|b| b.available().is_ok())
-                {
-                    needed.push(key);
-                }
-            }
-        }
-    }
-    let bar = ProgressBar::new(needed.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} runs  {msg}",
-        )
-        .expect("static template"),
-    );
-    let started = Instant::now();
-    let mut timings = Vec::new();
-    for (backend, strategy, v) in &needed {
-        bar.set_message(format!("{backend} {strategy} [{}]", s.variants[*v].label));
-        match session.run(&s, *v, backend, strategy) {
-            Ok(r) => timings.push(RunTiming {
-                backend: backend.clone(),
-                strategy: strategy.clone(),
-                variant: s.variants[*v].label.clone(),
-                wall_ms: r.wall.as_secs_f64() * 1e3,
-            }),
-            Err(RunError::Skip(why)) => bar.println(format!(
-                "  skip {backend}/{strategy} [{}]: {why}",
-                s.variants[*v].label
-            )),
-            Err(RunError::Fail(why)) => bar.println(format!(
-                "  FAIL {backend}/{strategy} [{}]: {why}",
-                s.variants[*v].label
-            )),
-        }
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    println!(
-        "  {} backend runs in {:.1} s",
-        timings.len(),
-        started.elapsed().as_secs_f64()
-    );
-
-    let outcomes: Vec<Outcome> = comps
-        .iter()
-        .filter_map(|c| match evaluate(&s, &session, c) {
-            Ok(o) => Some(o),
-            Err(e) => {
-                eprintln!("  {}: {e}", c.name);
-                None
-            }
-        })
-        .collect();
-
-    if !summary_only {
-        for o in &outcomes {
-            let c = &o.comparison;
-            println!(
-                "\n{}/{} — {metric} per layer ({}/{} vs {}/{})",
-                c.a.backend, c.name, c.a.backend, c.a.strategy, c.b.backend, c.b.strategy
-            );
-            print!("{}", table(o, metric));
-        }
-    }
-
+fn summary(report: &ScenarioReport) {
     println!(
         "\nsummary (at the last layer; first divergence = first observed row and layer not bitwise equal):"
     );
-    let mut failed = 0;
-    for o in &outcomes {
+    for o in &report.outcomes {
         let c = &o.comparison;
         for v in &o.variants {
             let name = format!("{}/{} [{}]", c.a.backend, c.name, v.variant);
@@ -354,19 +222,20 @@ fn run(
                 println!("  skip  {name}: {}", v.skipped.as_deref().unwrap_or(""));
                 continue;
             };
-            let last = p.layers.last().expect("at least one layer");
+            let Some(last) = p.layers.last() else {
+                continue;
+            };
             let verdict = if v.violations.is_empty() {
                 "ok  "
             } else {
-                failed += 1;
                 "FAIL"
             };
             println!(
-                "  {verdict}  {name}: mean {} max {} ulps {} equal {:.1}% · first divergence {} · growth p={}",
-                metric_value(last, "mean_abs"),
-                metric_value(last, "max_abs"),
-                last.max_ulps,
-                100.0 * last.equal_share,
+                "  {verdict}  {name}: mean {} max {} ulps {} equal {} · first divergence {} · growth p={}",
+                Metric::MeanAbs.format(last),
+                Metric::MaxAbs.format(last),
+                Metric::MaxUlps.format(last),
+                Metric::Equal.format(last),
                 p.first_divergence.map_or("none".into(), |d| format!(
                     "row {} layer {}",
                     d.row, d.layer
@@ -374,13 +243,10 @@ fn run(
                 p.growth.exponent.map_or("–".into(), |e| format!("{e:.2}"))
             );
             if let Some(last_row) = &p.last_row_mean_abs {
+                let cells: Vec<String> = last_row.iter().map(|x| sig3(*x)).collect();
                 println!(
                     "          last observed row, mean|Δ| per layer: {}",
-                    last_row
-                        .iter()
-                        .map(|x| sig3(*x))
-                        .collect::<Vec<_>>()
-                        .join(" ")
+                    cells.join(" ")
                 );
             }
             for msg in &v.violations {
@@ -388,48 +254,139 @@ fn run(
             }
         }
     }
+}
 
-    println!("\nrun times:");
-    for t in &timings {
-        println!(
-            "  {:<18} {:<9} [{}] {:>9.1} ms",
-            t.backend, t.strategy, t.variant, t.wall_ms
-        );
+#[allow(clippy::too_many_arguments)]
+fn run(
+    file: &Path,
+    only: &[String],
+    metric: Metric,
+    out: Option<PathBuf>,
+    json: Option<PathBuf>,
+    log_y: bool,
+    summary_only: bool,
+) -> Result<ExitCode> {
+    let session = Session::new();
+    let mut s = match session.load(file) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    engine::filter_backends(&mut s, &session, only).map_err(anyhow::Error::msg)?;
+    header(&s, file);
+
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} runs  {msg}",
+        )
+        .expect("static template"),
+    );
+    let started = std::time::Instant::now();
+    let report = engine::run_scenario(&s, &session, &mut |k, n, side, variant| {
+        bar.set_length(n as u64);
+        bar.set_position(k as u64);
+        bar.set_message(format!("{side} [{variant}]"));
+    });
+    bar.finish_and_clear();
+
+    println!("  backends:");
+    for p in &report.participants {
+        match (&p.info, &p.unavailable) {
+            (Some(i), _) => println!(
+                "    {:<18} {} — {}, {} thread(s)",
+                p.id, i.version, i.device_name, i.threads
+            ),
+            (None, Some(why)) => {
+                if only.is_empty() || only.iter().any(|o| p.id.matches(o)) {
+                    println!("    {:<18} skipped: {why}", p.id);
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    let ran = report.runs.iter().filter(|r| r.wall_ms.is_some()).count();
+    println!(
+        "  {ran} backend runs in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    for r in &report.runs {
+        if let Some(why) = &r.skipped {
+            println!("  skip {} [{}]: {why}", r.side, r.variant);
+        }
     }
 
-    let dir = out.unwrap_or_else(|| {
-        layerdrift::snapshot::root()
-            .join("target/layerdrift")
-            .join(&s.name)
-    });
+    if !summary_only {
+        for o in &report.outcomes {
+            let c = &o.comparison;
+            println!(
+                "\n{}/{} — {metric} per layer ({} vs {})",
+                c.a.backend, c.name, c.a, c.b
+            );
+            print!("{}", table(o, metric));
+        }
+    }
+    summary(&report);
+
+    println!("\nrun times:");
+    for r in &report.runs {
+        if let Some(ms) = r.wall_ms {
+            println!(
+                "  {:<18} {:<9} [{}] {:>9.1} ms",
+                r.side.backend, r.side.strategy, r.variant, ms
+            );
+        }
+    }
+
+    let dir = out.unwrap_or_else(|| root().join("target/layerdrift").join(&s.name));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     println!("\nplots:");
-    for (stem, svg) in layerdrift::plot::figures(&s.name, &outcomes, metric, log_y) {
+    for (stem, svg) in layerdrift::plot::figures(&s.name, &report.outcomes, metric, log_y) {
         let path = dir.join(format!("{stem}.svg"));
         std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
         println!("  {}", path.display());
     }
     if let Some(j) = json {
-        let report = JsonReport {
+        let doc = JsonReport {
             scenario: &s.name,
             file: file.display().to_string(),
-            backends: active
+            backends: report
+                .participants
                 .iter()
-                .map(|b| {
-                    let i = b.info();
-                    serde_json::json!({"id": i.id(), "version": i.version, "device": i.device_name, "threads": i.threads})
-                })
+                .filter_map(|p| p.info.as_ref())
+                .map(|i| serde_json::json!({"id": i.id().to_string(), "version": i.version, "device": i.device_name, "threads": i.threads}))
                 .collect(),
-            timings,
-            outcomes: &outcomes,
+            runs: &report.runs,
+            outcomes: &report.outcomes,
+            errors: &report.errors,
         };
-        std::fs::write(&j, serde_json::to_string_pretty(&report)?)
+        std::fs::write(&j, serde_json::to_string_pretty(&doc)?)
             .with_context(|| format!("writing {}", j.display()))?;
         println!("  json: {}", j.display());
     }
-    if failed > 0 {
-        println!("\n{failed} comparison(s) out of bounds");
-        return Ok(ExitCode::from(1));
+
+    let mut code = ExitCode::SUCCESS;
+    if report.has_failures() {
+        println!();
+        for r in report.failed_runs() {
+            println!(
+                "FAILED run {} [{}]: {}",
+                r.side,
+                r.variant,
+                r.failed.as_deref().unwrap_or("")
+            );
+        }
+        for e in &report.errors {
+            println!("FAILED comparison {e}");
+        }
+        code = ExitCode::from(1);
     }
-    Ok(ExitCode::SUCCESS)
+    let violations = report.violations();
+    if violations > 0 {
+        println!("\n{violations} comparison(s) out of bounds");
+        code = ExitCode::from(1);
+    }
+    Ok(code)
 }

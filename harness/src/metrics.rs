@@ -74,7 +74,7 @@ impl DriftProfile {
     /// use layerdrift_backends::{Checkpoints, DType};
     /// let a = Checkpoints { dim: 2, rows: 1, layers: vec![vec![1.0, 2.0], vec![1.0, 4.0]] };
     /// let b = Checkpoints { dim: 2, rows: 1, layers: vec![vec![1.0, 2.0], vec![1.5, 4.0]] };
-    /// let p = DriftProfile::compare(&a, &b, DType::F32);
+    /// let p = DriftProfile::compare(&a, &b, DType::F32).unwrap();
     /// assert!(p.layers[0].bitwise());
     /// assert_eq!(p.layers[1].max_abs, 0.5);
     /// assert_eq!(p.layers[1].mean_abs, 0.25);
@@ -82,14 +82,26 @@ impl DriftProfile {
     /// assert_eq!(p.first_divergence.map(|d| d.layer), Some(2));
     /// ```
     ///
-    /// # Panics
-    /// If the two checkpoint sets have different shapes (a harness bug).
-    pub fn compare(a: &Checkpoints, b: &Checkpoints, dtype: DType) -> DriftProfile {
-        assert_eq!(
-            (a.dim, a.rows, a.layers.len()),
-            (b.dim, b.rows, b.layers.len()),
-            "checkpoints of different shapes"
-        );
+    /// `Err` when the two sets of checkpoints differ in shape (rows, width,
+    /// layers, or a layer's length): they are not the same computation.
+    pub fn compare(a: &Checkpoints, b: &Checkpoints, dtype: DType) -> Result<DriftProfile, String> {
+        let shape = |c: &Checkpoints| (c.rows, c.dim, c.layers.len());
+        let consistent = |c: &Checkpoints| {
+            c.layers
+                .iter()
+                .all(|l| Some(l.len()) == c.rows.checked_mul(c.dim))
+        };
+        if shape(a) != shape(b) || !consistent(a) || !consistent(b) {
+            return Err(format!(
+                "checkpoints of different shapes: {} rows × {} wide × {} layers vs {} × {} × {}",
+                a.rows,
+                a.dim,
+                a.layers.len(),
+                b.rows,
+                b.dim,
+                b.layers.len()
+            ));
+        }
         let layers: Vec<LayerDrift> = a
             .layers
             .iter()
@@ -122,12 +134,12 @@ impl DriftProfile {
                 .collect()
         });
         let growth = growth(&layers.iter().map(|l| l.mean_abs).collect::<Vec<_>>());
-        DriftProfile {
+        Ok(DriftProfile {
             layers,
             growth,
             first_divergence,
             last_row_mean_abs,
-        }
+        })
     }
 
     /// The first layer (1-based) with a NaN or infinite value, if any.
@@ -226,7 +238,7 @@ mod tests {
     fn linear_growth_has_exponent_one() {
         let a = ck((1..=20).map(|_| vec![1.0; 4]).collect());
         let b = ck((1..=20).map(|l| vec![1.0 + 1e-7 * l as f64; 4]).collect());
-        let p = DriftProfile::compare(&a, &b, DType::F64);
+        let p = DriftProfile::compare(&a, &b, DType::F64).unwrap();
         let e = p.growth.exponent.unwrap();
         assert!((e - 1.0).abs() < 1e-3, "{e}");
         assert!((p.growth.slope - 1e-7).abs() < 1e-10);
@@ -235,7 +247,7 @@ mod tests {
     #[test]
     fn nan_is_counted_never_equal() {
         let a = ck(vec![vec![f64::NAN, 1.0]]);
-        let p = DriftProfile::compare(&a, &a, DType::F32);
+        let p = DriftProfile::compare(&a, &a, DType::F32).unwrap();
         assert_eq!(p.layers[0].non_finite, 1);
         assert!(!p.layers[0].bitwise());
         assert_eq!(p.first_non_finite(), Some(1));
@@ -249,14 +261,15 @@ mod tests {
             &ck(vec![vec![x as f64]]),
             &ck(vec![vec![y as f64]]),
             DType::F32,
-        );
+        )
+        .unwrap();
         assert_eq!(p.layers[0].max_ulps, 3);
     }
 
     #[test]
     fn bitwise_equal_has_no_exponent() {
         let a = ck(vec![vec![1.0], vec![2.0]]);
-        let p = DriftProfile::compare(&a, &a, DType::F32);
+        let p = DriftProfile::compare(&a, &a, DType::F32).unwrap();
         assert_eq!(p.growth.exponent, None);
         assert_eq!(p.first_divergence, None);
     }

@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::plan::Outcome;
-use crate::session::ORACLE;
+use crate::engine::Outcome;
+use crate::metric::Metric;
 
 /// One line: a label and a value per layer (NaN breaks the line).
 #[derive(Clone, Debug)]
@@ -155,7 +155,7 @@ fn panel(s: &mut String, p: &Panel, ox: f64, oy: f64, ylabel: &str, log_y: bool)
         let label = if log {
             format!("1e{}", *t as i32)
         } else {
-            crate::report::sig3(*t)
+            crate::metric::sig3(*t)
         };
         let _ = writeln!(
             s,
@@ -261,7 +261,7 @@ fn panel(s: &mut String, p: &Panel, ox: f64, oy: f64, ylabel: &str, log_y: bool)
 pub fn figures(
     scenario: &str,
     outcomes: &[Outcome],
-    metric: &str,
+    metric: Metric,
     log_y: bool,
 ) -> Vec<(String, String)> {
     // family → panel → series; panels keep the scenario's variant order
@@ -269,7 +269,7 @@ pub fn figures(
     let mut fams: BTreeMap<String, Vec<(String, Vec<Series>)>> = BTreeMap::new();
     for o in outcomes {
         let c = &o.comparison;
-        let cross = c.b.backend != c.a.backend && c.b.backend != ORACLE;
+        let cross = c.is_cross();
         let family = if cross {
             format!("{}-cross", c.a.strategy)
         } else {
@@ -278,7 +278,7 @@ pub fn figures(
         let who = if cross {
             format!("{} vs {}", c.a.backend, c.b.backend)
         } else {
-            c.a.backend.clone()
+            c.a.backend.to_string()
         };
         for v in &o.variants {
             let Some(p) = &v.profile else { continue };
@@ -304,7 +304,7 @@ pub fn figures(
                     if d.non_finite > 0 {
                         f64::NAN
                     } else {
-                        metric_of(d, metric)
+                        metric.value(d)
                     }
                 })
                 .collect();
@@ -326,23 +326,9 @@ pub fn figures(
                 .map(|(title, series)| Panel { title, series })
                 .collect();
             let title = format!("{scenario}: {family} — {metric} of the observed rows per layer");
-            (
-                family,
-                svg(&title, &format!("{metric} |a − b|"), &panels, log_y),
-            )
+            (family, svg(&title, metric.describe(), &panels, log_y))
         })
         .collect()
-}
-
-fn metric_of(d: &crate::metrics::LayerDrift, metric: &str) -> f64 {
-    match metric {
-        "max_abs" => d.max_abs,
-        "rms" => d.rms,
-        "max_rel" => d.max_rel,
-        "max_ulps" => d.max_ulps as f64,
-        "equal" => d.equal_share,
-        _ => d.mean_abs,
-    }
 }
 
 #[cfg(test)]

@@ -9,13 +9,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use std::path::Path;
+
 use layerdrift_backends::weights::read_safetensors;
 use layerdrift_backends::{
-    Backend, BackendError, BackendInfo, Checkpoints, HostTensor, RunRequest, Weights,
+    Backend, BackendError, BackendId, BackendInfo, Checkpoints, HostTensor, RunRequest, Weights,
     generate_input,
 };
 
-use crate::scenario::{InputSource, Scenario, WeightSource};
+use crate::env::env;
+use crate::scenario::{InputSource, Scenario, ScenarioErrors, WeightSource};
 
 /// One finished backend run.
 #[derive(Debug)]
@@ -63,7 +66,7 @@ pub struct Session {
 }
 
 /// The id of the f64 oracle.
-pub const ORACLE: &str = "reference-cpu";
+pub const ORACLE: BackendId = BackendId::ORACLE;
 
 fn slot<T>(map: &Memo<T>, key: String) -> Slot<T> {
     map.lock()
@@ -99,38 +102,41 @@ impl Session {
         &self.backends
     }
 
-    /// The distinct backend names this build knows (compiled in or not).
-    pub fn known_names(&self) -> Vec<&'static str> {
-        let mut v: Vec<&'static str> = Vec::new();
-        for b in &self.backends {
-            let n = b.info().name;
-            if !v.contains(&n) {
-                v.push(n);
-            }
-        }
-        v
+    /// Every backend id this build knows (compiled in or not), in registry
+    /// order. Never opens a device.
+    pub fn known_ids(&self) -> Vec<BackendId> {
+        self.backends.iter().map(|b| b.id()).collect()
     }
 
-    /// The backend with id `id` (`candle-cpu`).
-    pub fn backend(&self, id: &str) -> Option<&Arc<dyn Backend>> {
-        self.backends.iter().find(|b| b.info().id() == id)
+    /// Loads and validates a scenario against this build's backends and the
+    /// machine's memory limit.
+    pub fn load(&self, path: &Path) -> Result<Scenario, ScenarioErrors> {
+        Scenario::load(path, &self.known_ids(), env().memory_limit)
+    }
+
+    /// The backend with id `id`.
+    pub fn backend(&self, id: BackendId) -> Option<&Arc<dyn Backend>> {
+        self.backends.iter().find(|b| b.id() == id)
+    }
+
+    /// The oracle (always built).
+    pub fn oracle(&self) -> &Arc<dyn Backend> {
+        self.backend(ORACLE)
+            .expect("the registry always holds the oracle")
     }
 
     /// The backends a scenario runs (its names × devices, in registry order),
-    /// without the oracle. [`device_filter`] narrows the devices further.
+    /// without the oracle; `LAYERDRIFT_DEVICES` narrows the devices further.
     pub fn scenario_backends(&self, s: &Scenario) -> Vec<Arc<dyn Backend>> {
-        // An invalid value is reported once at start (tests and CLI).
-        let only = device_filter().ok().flatten();
+        let only = env().devices.as_ref();
         self.backends
             .iter()
             .filter(|b| {
-                let i = b.info();
-                i.name != "reference"
-                    && s.backends.iter().any(|n| n == i.name)
-                    && s.devices.iter().any(|d| d == i.device)
-                    && only
-                        .as_ref()
-                        .is_none_or(|o| o.iter().any(|d| d == i.device))
+                let id = b.id();
+                !id.is_oracle()
+                    && s.backends.iter().any(|n| n == id.name)
+                    && s.devices.contains(&id.device)
+                    && only.is_none_or(|o| o.contains(&id.device))
             })
             .cloned()
             .collect()
@@ -178,7 +184,7 @@ impl Session {
         &self,
         s: &Scenario,
         v: usize,
-        backend: &str,
+        backend: BackendId,
         strategy: &str,
     ) -> Option<String> {
         let Some(b) = self.backend(backend) else {
@@ -197,7 +203,7 @@ impl Session {
         &self,
         s: &Scenario,
         v: usize,
-        backend: &str,
+        backend: BackendId,
         strategy: &str,
     ) -> Result<Arc<Run>, RunError> {
         let key = format!("{}#{v}#{backend}#{strategy}", s.path.display());
@@ -210,7 +216,7 @@ impl Session {
         &self,
         s: &Scenario,
         v: usize,
-        backend: &str,
+        backend: BackendId,
         strategy: &str,
     ) -> Result<Arc<Run>, RunError> {
         let b = self
@@ -252,29 +258,4 @@ fn to_run_error(e: BackendError) -> RunError {
     } else {
         RunError::Fail(e.to_string())
     }
-}
-
-/// `LAYERDRIFT_DEVICES=cuda,wgpu`: run only backends on these devices (the
-/// oracle always runs), e.g. to record GPU snapshots without touching the CPU
-/// ones. Unset or empty: every device a scenario names. An unknown device
-/// name is an error.
-pub fn device_filter() -> Result<Option<Vec<String>>, String> {
-    let Ok(v) = std::env::var("LAYERDRIFT_DEVICES") else {
-        return Ok(None);
-    };
-    let list: Vec<String> = v
-        .split(',')
-        .map(|d| d.trim().to_string())
-        .filter(|d| !d.is_empty())
-        .collect();
-    if let Some(bad) = list
-        .iter()
-        .find(|d| !crate::scenario::DEVICES.contains(&d.as_str()))
-    {
-        return Err(format!(
-            "LAYERDRIFT_DEVICES={v}: unknown device `{bad}` (known: {}; comma-separated)",
-            crate::scenario::DEVICES.join(", ")
-        ));
-    }
-    Ok((!list.is_empty()).then_some(list))
 }

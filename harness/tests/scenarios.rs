@@ -13,11 +13,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
 
-use layerdrift::discover::{scenario_dir, scenario_files};
-use layerdrift::plan::{TrialKind, evaluate, plan};
+use layerdrift::class::{class_of, pair_class, unrecorded};
+use layerdrift::engine::{Comparison, Outcome, comparisons, evaluate, oracle_runs};
+use layerdrift::plan::{TrialKind, plan};
 use layerdrift::scenario::Scenario;
-use layerdrift::session::{ORACLE, Session};
-use layerdrift::snapshot::{backend_snapshot, cross_class, cross_snapshot, unrecorded};
+use layerdrift::session::Session;
+use layerdrift::snapshot::doc::{DriftSnapshot, Meta, OracleDoc};
+use layerdrift::snapshot::store::assert_snapshot;
+use layerdrift::workspace::{scenario_dir, scenario_files};
+use layerdrift_backends::BackendId;
 use libtest_mimic::{Arguments, Failed, Trial};
 
 static SESSION: OnceLock<Session> = OnceLock::new();
@@ -26,39 +30,88 @@ fn session() -> &'static Session {
     SESSION.get_or_init(Session::new)
 }
 
-fn check_trial(s: Arc<Scenario>, kind: TrialKind, backend: String) -> Result<(), Failed> {
+fn info(id: BackendId) -> Result<layerdrift_backends::BackendInfo, String> {
+    session()
+        .backend(id)
+        .map(|b| b.info())
+        .ok_or_else(|| format!("no backend `{id}` in this build"))
+}
+
+/// The snapshot trial of `id`: its own comparisons (and, for the oracle, its
+/// activations), built by the engine and handed to the snapshot sink.
+fn snapshot_trial(s: &Scenario, id: BackendId) -> Result<(), Failed> {
     let session = session();
-    match kind {
-        TrialKind::Snapshot => backend_snapshot(&s, session, &backend).map_err(Failed::from),
-        TrialKind::Check(c) => {
-            let outcome = evaluate(&s, session, &c).map_err(Failed::from)?;
-            let compared = outcome
-                .variants
-                .iter()
-                .filter(|v| v.profile.is_some())
-                .count();
-            if compared == 0 {
-                // Never a pass without a comparison.
-                let why: Vec<_> = outcome
-                    .variants
-                    .iter()
-                    .filter_map(|v| v.skipped.clone())
-                    .collect();
-                return Err(format!("nothing could be compared here: {}", why.join("; ")).into());
-            }
-            let failures = outcome.failures(&s.name);
-            if !failures.is_empty() {
-                return Err(failures.join("\n").into());
-            }
-            // A cross pair's snapshot, where its machine class has snapshots;
-            // the bounds above are checked on every machine.
-            let cross = c.b.backend != c.a.backend && c.b.backend != ORACLE;
-            if cross && unrecorded(&cross_class(session, &c)).is_none() {
-                cross_snapshot(&s, session, &outcome).map_err(Failed::from)?;
-            }
-            Ok(())
+    let own: Vec<Comparison> = comparisons(s, session, id)
+        .into_iter()
+        .filter(|c| !c.is_cross())
+        .collect();
+    let outcomes: Vec<Outcome> = own
+        .iter()
+        .map(|c| evaluate(s, session, c))
+        .collect::<Result<_, _>>()?;
+    let me = info(id)?;
+    let name = format!("{}__{id}", s.name);
+    if id.is_oracle() {
+        let doc = OracleDoc::new(&s.name, &oracle_runs(s, session)?, &outcomes);
+        let meta = Meta::new(s, std::slice::from_ref(&me));
+        return Ok(assert_snapshot(
+            &class_of(&me),
+            &name,
+            &meta,
+            &s.description,
+            &doc,
+        )?);
+    }
+    let doc = DriftSnapshot::new(&s.name, &id.to_string(), &outcomes);
+    let meta = Meta::new(s, &[me.clone(), info(BackendId::ORACLE)?]);
+    Ok(assert_snapshot(
+        &class_of(&me),
+        &name,
+        &meta,
+        &s.description,
+        &doc,
+    )?)
+}
+
+fn check_trial(s: Arc<Scenario>, kind: TrialKind, backend: BackendId) -> Result<(), Failed> {
+    let session = session();
+    let c = match kind {
+        TrialKind::Snapshot => return snapshot_trial(&s, backend),
+        TrialKind::Check(c) => c,
+    };
+    let outcome = evaluate(&s, session, &c)?;
+    if outcome.compared() == 0 {
+        // Never a pass without a comparison.
+        let why: Vec<_> = outcome
+            .variants
+            .iter()
+            .filter_map(|v| v.skipped.clone())
+            .collect();
+        return Err(format!("nothing could be compared here: {}", why.join("; ")).into());
+    }
+    let failures = outcome.failures(&s.name);
+    if !failures.is_empty() {
+        return Err(failures.join("\n").into());
+    }
+    // A cross pair's snapshot, where its machine class has snapshots; the
+    // bounds above are checked on every machine.
+    if c.is_cross() {
+        let (a, b) = (info(c.a.backend)?, info(c.b.backend)?);
+        let class = pair_class(&a, &b);
+        if unrecorded(&class).is_none() {
+            let name = format!(
+                "{}__{}__vs__{}__{}",
+                s.name, c.a.backend, c.b.backend, c.a.strategy
+            );
+            let doc = DriftSnapshot::new(
+                &s.name,
+                &c.a.backend.to_string(),
+                std::slice::from_ref(&outcome),
+            );
+            assert_snapshot(&class, &name, &Meta::new(&s, &[a, b]), &s.description, &doc)?;
         }
     }
+    Ok(())
 }
 
 /// Ignore reason → the names of the trials it ignores.
@@ -72,7 +125,7 @@ fn scenario_trials(dir: &Path) -> Result<(Vec<Trial>, IgnoredTrials), String> {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        match Scenario::load(&file, &session().known_names()) {
+        match session().load(&file) {
             Err(e) => {
                 // A broken scenario fails its own trial; the others still run.
                 let msg = e.to_string();
@@ -83,7 +136,7 @@ fn scenario_trials(dir: &Path) -> Result<(Vec<Trial>, IgnoredTrials), String> {
             Ok(s) => {
                 let s = Arc::new(s);
                 for p in plan(&s, session()) {
-                    let (s, kind, backend) = (s.clone(), p.kind.clone(), p.backend.clone());
+                    let (s, kind, backend) = (s.clone(), p.kind.clone(), p.backend);
                     let trial = Trial::test(p.name.clone(), move || check_trial(s, kind, backend));
                     if let Some(why) = &p.ignored {
                         ignored.entry(why.clone()).or_default().push(p.name.clone());
@@ -107,31 +160,27 @@ fn write_temp(name: &str, text: &str) -> PathBuf {
 }
 
 /// The first backend besides the oracle that can run here, for the controls.
-fn subject() -> Option<String> {
+fn subject() -> Result<BackendId, Failed> {
     session()
         .backends()
         .iter()
-        .map(|b| b.info().id())
-        .find(|id| id != ORACLE && session().backend(id).is_some_and(|b| b.available().is_ok()))
+        .find(|b| !b.id().is_oracle() && b.available().is_ok())
+        .map(|b| b.id())
+        .ok_or_else(|| {
+            "no backend besides the oracle can run in this build: the controls need one".into()
+        })
 }
 
 const TINY: &str = "model: { kind: residual_mlp, layers: 3, dim: 16, hidden: 24 }\ninput: { batch: 2, seq: 4, seed: 1 }\nstrategies: [full, rows]\n";
 
 fn selftest_bound_violation() -> Result<(), Failed> {
-    let Some(b) = subject() else {
-        return Err("no backend besides the oracle is built".into());
-    };
-    let name = b.rsplit_once('-').map_or(b.as_str(), |(n, _)| n);
+    let b = subject()?;
     let yaml = format!(
-        "{TINY}backends: [{name}]\ndevices: [cpu]\nchecks:\n  - oracle: full\n    bounds: {{ every_layer: {{ max_abs: 0.0 }} }}\n"
+        "{TINY}backends: [{}]\ndevices: [{}]\nchecks:\n  - oracle: full\n    bounds: {{ every_layer: {{ max_abs: 0.0 }} }}\n",
+        b.name, b.device
     );
-    let s = Scenario::load(&write_temp("bound.yaml", &yaml), &session().known_names())
-        .map_err(|e| e.to_string())?;
-    let c = layerdrift::plan::comparisons(
-        &s,
-        session(),
-        session().backend(&b).expect("subject").as_ref(),
-    );
+    let s = session().load(&write_temp("bound.yaml", &yaml))?;
+    let c = comparisons(&s, session(), b);
     let outcome = evaluate(&s, session(), &c[0])?;
     let failures = outcome.failures(&s.name);
     // f32 against f64 always differs, so a zero bound must be violated, and
@@ -150,16 +199,14 @@ fn selftest_bound_violation() -> Result<(), Failed> {
 fn selftest_nan_fails() -> Result<(), Failed> {
     use layerdrift_backends::weights::write_safetensors;
     use layerdrift_backends::{ModelSpec, Weights};
-    let Some(b) = subject() else {
-        return Err("no backend besides the oracle is built".into());
-    };
-    let name = b.rsplit_once('-').map_or(b.as_str(), |(n, _)| n);
+    let b = subject()?;
     let yaml = format!(
-        "{TINY}weights: {{ file: nan.safetensors }}\nbackends: [{name}]\ndevices: [cpu]\nchecks:\n  - strategies: [full, rows]\n"
+        "{TINY}weights: {{ file: nan.safetensors }}\nbackends: [{}]\ndevices: [{}]\nchecks:\n  - strategies: [full, rows]\n",
+        b.name, b.device
     );
     // Weights with one NaN in layer 2: every later layer is NaN.
     let model_yaml = write_temp("probe.yaml", &format!("{TINY}checks:\n  - oracle: full\n"));
-    let probe = Scenario::load(&model_yaml, &session().known_names()).map_err(|e| e.to_string())?;
+    let probe = session().load(&model_yaml)?;
     let model: &ModelSpec = &probe.variants[0].model;
     let w = Weights::init(model, 0, 0.2);
     let mut tensors: BTreeMap<_, _> = w.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -170,12 +217,8 @@ fn selftest_nan_fails() -> Result<(), Failed> {
     let path = write_temp("scenario.yaml", &yaml);
     write_safetensors(&path.with_file_name("nan.safetensors"), &tensors)
         .map_err(|e| e.to_string())?;
-    let s = Scenario::load(&path, &session().known_names()).map_err(|e| e.to_string())?;
-    let c = layerdrift::plan::comparisons(
-        &s,
-        session(),
-        session().backend(&b).expect("subject").as_ref(),
-    );
+    let s = session().load(&path)?;
+    let c = comparisons(&s, session(), b);
     let failures = evaluate(&s, session(), &c[0])?.failures(&s.name);
     // No bounds at all, and the NaN must still fail, at layer 2.
     if !failures
@@ -187,39 +230,74 @@ fn selftest_nan_fails() -> Result<(), Failed> {
     Ok(())
 }
 
-/// Every `harness/tests/bad/*.yaml` must fail validation with
-/// `file:line:column:` and the text of its `# expect:` line.
-fn selftest_bad_scenarios() -> Result<(), Failed> {
+/// The catalogue of bad inputs: `harness/tests/bad/*.yaml`, each one kind of
+/// mistake, each with `# expect: <text>` lines and its expected position
+/// (`# at: LINE:COL` or `# line: LINE`).
+fn catalogue() -> Result<Vec<(PathBuf, Vec<String>, String)>, Failed> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad");
-    let files = scenario_files(&dir)?;
-    let mut problems = Vec::new();
-    for f in &files {
-        let text = std::fs::read_to_string(f).map_err(|e| e.to_string())?;
-        let expect: Vec<&str> = text
+    let mut out = Vec::new();
+    for f in scenario_files(&dir)? {
+        // Some entries are deliberately not UTF-8: read the comments lossily.
+        let bytes = std::fs::read(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+        let text = String::from_utf8_lossy(&bytes);
+        let expect: Vec<String> = text
             .lines()
-            .filter_map(|l| l.strip_prefix("# expect: "))
+            .filter_map(|l| l.trim_start_matches('\u{feff}').strip_prefix("# expect: "))
+            .map(str::to_string)
             .collect();
-        let at: Option<&str> = text.lines().find_map(|l| l.strip_prefix("# at: "));
-        match Scenario::load(f, &session().known_names()) {
+        let at = text.lines().find_map(|l| {
+            l.strip_prefix("# at: ")
+                .map(|a| format!("{a}:"))
+                .or_else(|| l.strip_prefix("# line: ").map(|n| format!("{n}:")))
+        });
+        let Some(at) = at else {
+            return Err(format!(
+                "{}: every catalogue entry needs `# at: L:C` or `# line: L`",
+                f.display()
+            )
+            .into());
+        };
+        if expect.is_empty() {
+            return Err(format!(
+                "{}: every catalogue entry needs an `# expect:` line",
+                f.display()
+            )
+            .into());
+        }
+        out.push((f, expect, at));
+    }
+    if out.len() < 60 {
+        return Err(format!("the catalogue has {} entries; keep at least 60", out.len()).into());
+    }
+    Ok(out)
+}
+
+/// Every catalogue entry must fail validation with `file:line:column:` on
+/// the expected position, and the text of each `# expect:` line.
+fn selftest_bad_scenarios() -> Result<(), Failed> {
+    let mut problems = Vec::new();
+    for (f, expect, at) in catalogue()? {
+        match session().load(&f) {
             Ok(_) => problems.push(format!("{}: validated, but must fail", f.display())),
             Err(e) => {
                 let msg = e.to_string();
                 for x in &expect {
-                    if !msg.contains(x) {
+                    if !msg.contains(x.as_str()) {
                         problems.push(format!("{}: message lacks `{x}`:\n    {msg}", f.display()));
                     }
                 }
-                let prefix = format!("{}:", f.display());
-                if !msg.starts_with(&prefix) {
+                let first = e.0.first().map(|e| e.to_string()).unwrap_or_default();
+                if !first.starts_with(&format!("{}:{at}", f.display())) {
                     problems.push(format!(
-                        "{}: message does not start with the file: {msg}",
+                        "{}: expected position {at} first: {msg}",
                         f.display()
                     ));
                 }
-                if let Some(at) = at
-                    && !msg.starts_with(&format!("{}:{at}:", f.display()))
-                {
-                    problems.push(format!("{}: expected position {at}: {msg}", f.display()));
+                if e.0.iter().any(|e| e.pos.is_none()) {
+                    problems.push(format!(
+                        "{}: an error without a position: {msg}",
+                        f.display()
+                    ));
                 }
             }
         }
@@ -231,17 +309,46 @@ fn selftest_bad_scenarios() -> Result<(), Failed> {
     }
 }
 
+/// The CLI on every catalogue entry: exit code 2 (bad input) and the
+/// position on stderr — never a panic (101) or an abort (134).
+fn selftest_cli_rejects_bad_scenarios() -> Result<(), Failed> {
+    let exe = env!("CARGO_BIN_EXE_layerdrift");
+    let mut problems = Vec::new();
+    for (f, _, at) in catalogue()? {
+        let out = std::process::Command::new(exe)
+            .arg("validate")
+            .arg(&f)
+            .output()
+            .map_err(|e| format!("running {exe}: {e}"))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() != Some(2) {
+            problems.push(format!(
+                "{}: exit {:?}, want 2: {stderr}",
+                f.display(),
+                out.status.code()
+            ));
+        } else if !stderr.contains(&format!("{}:{at}", f.display())) {
+            problems.push(format!("{}: stderr lacks {at}: {stderr}", f.display()));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n").into())
+    }
+}
+
 fn main() -> ExitCode {
     let args = Arguments::from_args();
-    match layerdrift::session::device_filter() {
-        Ok(Some(only)) if !args.list => {
-            eprintln!("layerdrift: LAYERDRIFT_DEVICES: only {}", only.join(", "))
-        }
-        Ok(_) => {}
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+    if let Err(e) = layerdrift::env::check() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+    if let Some(only) = &layerdrift::env::env().devices
+        && !args.list
+    {
+        let names: Vec<&str> = only.iter().map(|d| d.name()).collect();
+        eprintln!("layerdrift: LAYERDRIFT_DEVICES: only {}", names.join(", "));
     }
     let dir = scenario_dir();
     let (mut trials, ignored) = match scenario_trials(&dir) {
@@ -262,6 +369,10 @@ fn main() -> ExitCode {
     trials.push(Trial::test(
         "selftest/bad-scenarios-are-rejected",
         selftest_bad_scenarios,
+    ));
+    trials.push(Trial::test(
+        "selftest/cli-exits-2-on-bad-scenarios",
+        selftest_cli_rejects_bad_scenarios,
     ));
     trials.sort_by(|a, b| a.name().cmp(b.name()));
     if !args.list && !ignored.is_empty() {

@@ -1,31 +1,16 @@
-//! Human-readable forms of the results: snapshot documents, per-layer tables
-//! and summaries.
+//! Snapshot documents: what a snapshot file holds, built from the engine's
+//! outcomes and runs. Numbers keep three significant digits ([`sig3`]), so a
+//! diff means the numbers really moved.
 
 use std::fmt::Write as _;
 
-use layerdrift_backends::Checkpoints;
+use layerdrift_backends::{BackendInfo, Checkpoints};
 use serde::Serialize;
 
+use crate::engine::Outcome;
+use crate::metric::sig3;
 use crate::metrics::LayerDrift;
-use crate::plan::Outcome;
-
-/// A number with three significant digits (`4.21e-7`), `0` for zero — the
-/// precision snapshots keep, so a diff means the numbers really moved.
-///
-/// ```
-/// assert_eq!(layerdrift::report::sig3(0.0), "0");
-/// assert_eq!(layerdrift::report::sig3(4.2149e-7), "4.21e-7");
-/// assert_eq!(layerdrift::report::sig3(f64::NAN), "NaN");
-/// ```
-pub fn sig3(x: f64) -> String {
-    if x == 0.0 {
-        "0".into()
-    } else if x.is_nan() {
-        "NaN".into()
-    } else {
-        format!("{x:.2e}")
-    }
-}
+use crate::scenario::Scenario;
 
 /// The columns of a snapshot's per-layer lines.
 pub const LAYER_COLUMNS: &str = "layer: mean|Δ| max|Δ| rms|Δ| max_rel max_ulps equal%";
@@ -104,8 +89,8 @@ impl DriftSnapshot {
                 let c = &o.comparison;
                 SnapComparison {
                     check: c.name.clone(),
-                    a: format!("{}/{}", c.a.backend, c.a.strategy),
-                    b: format!("{}/{}", c.b.backend, c.b.strategy),
+                    a: c.a.to_string(),
+                    b: c.b.to_string(),
                     variants: o
                         .variants
                         .iter()
@@ -194,52 +179,96 @@ pub fn activation_lines(c: &Checkpoints) -> Vec<String> {
         .collect()
 }
 
-/// A per-layer table of one comparison: a column per variant, `metric` of
-/// [`LayerDrift`] (`mean_abs`, `max_abs`, `rms`, `max_rel`, `max_ulps`, `equal`).
-pub fn table(o: &Outcome, metric: &str) -> String {
-    let cols: Vec<_> = o.variants.iter().filter(|v| v.profile.is_some()).collect();
-    let mut s = String::new();
-    if cols.is_empty() {
-        return s;
-    }
-    let width = cols
-        .iter()
-        .map(|v| v.variant.len())
-        .max()
-        .unwrap_or(8)
-        .max(9);
-    let _ = write!(s, "  {:>5}", "layer");
-    for v in &cols {
-        let _ = write!(s, "  {:>width$}", v.variant);
-    }
-    s.push('\n');
-    let layers = cols[0].profile.as_ref().map_or(0, |p| p.layers.len());
-    for l in 0..layers {
-        let _ = write!(s, "  {:>5}", l + 1);
-        for v in &cols {
-            let d = &v.profile.as_ref().expect("filtered").layers[l];
-            let cell = metric_value(d, metric);
-            let _ = write!(s, "  {cell:>width$}");
+/// What the numbers depend on, recorded beside them.
+#[derive(Debug, Serialize)]
+pub struct Meta {
+    /// Scenario file.
+    pub scenario: String,
+    /// Backends in the snapshot, with versions, devices and threads.
+    pub backends: Vec<BackendMeta>,
+    /// dtypes of the variants.
+    pub dtypes: Vec<String>,
+    /// Host CPU and SIMD level.
+    pub host: String,
+    /// layerdrift version.
+    pub layerdrift: &'static str,
+}
+
+/// One backend's identity in a snapshot's metadata.
+#[derive(Debug, Serialize)]
+pub struct BackendMeta {
+    /// Backend id.
+    pub id: String,
+    /// Library version.
+    pub version: String,
+    /// Device in words.
+    pub device: String,
+    /// Threads.
+    pub threads: usize,
+}
+
+impl Meta {
+    /// The metadata of a snapshot of `s` holding the runs of `backends`.
+    pub fn new(s: &Scenario, backends: &[BackendInfo]) -> Meta {
+        let mut dtypes: Vec<String> = s.variants.iter().map(|v| v.dtype.to_string()).collect();
+        dtypes.dedup();
+        Meta {
+            scenario: s
+                .path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            backends: backends
+                .iter()
+                .map(|i| BackendMeta {
+                    id: i.id().to_string(),
+                    version: i.version.clone(),
+                    device: i.device_name.clone(),
+                    threads: i.threads,
+                })
+                .collect(),
+            dtypes,
+            host: layerdrift_backends::cpu::describe(),
+            layerdrift: env!("CARGO_PKG_VERSION"),
         }
-        s.push('\n');
-    }
-    s
-}
-
-/// One metric of a layer, formatted.
-pub fn metric_value(d: &LayerDrift, metric: &str) -> String {
-    if d.non_finite > 0 {
-        return format!("NaN/Inf×{}", d.non_finite);
-    }
-    match metric {
-        "max_abs" => sig3(d.max_abs),
-        "rms" => sig3(d.rms),
-        "max_rel" => sig3(d.max_rel),
-        "max_ulps" => d.max_ulps.to_string(),
-        "equal" => format!("{:.1}%", 100.0 * d.equal_share),
-        _ => sig3(d.mean_abs),
     }
 }
 
-/// The metric names [`metric_value`] knows.
-pub const METRICS: [&str; 6] = ["mean_abs", "max_abs", "rms", "max_rel", "max_ulps", "equal"];
+/// The oracle's snapshot document: its activations and its own comparisons.
+#[derive(Debug, Serialize)]
+pub struct OracleDoc {
+    /// The size of the true activations.
+    pub oracle: OracleSnapshot,
+    /// The oracle's strategy comparisons (a decoder's KV cache in f64).
+    pub comparisons: DriftSnapshot,
+}
+
+impl OracleDoc {
+    /// Builds it from the oracle's runs (`(strategy, variant, run)`, see
+    /// [`crate::engine::oracle_runs`]) and its comparisons.
+    pub fn new(
+        scenario: &str,
+        runs: &[(String, String, std::sync::Arc<crate::session::Run>)],
+        outcomes: &[Outcome],
+    ) -> OracleDoc {
+        OracleDoc {
+            oracle: OracleSnapshot {
+                scenario: scenario.to_string(),
+                columns: "layer: rms max|x| sum (observed rows, f64)",
+                activations: runs
+                    .iter()
+                    .map(|(st, v, run)| OracleEntry {
+                        strategy: st.clone(),
+                        variant: v.clone(),
+                        layers: activation_lines(&run.checkpoints),
+                    })
+                    .collect(),
+            },
+            comparisons: DriftSnapshot::new(
+                scenario,
+                &crate::session::ORACLE.to_string(),
+                outcomes,
+            ),
+        }
+    }
+}

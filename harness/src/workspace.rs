@@ -1,9 +1,26 @@
-//! Finding scenario files.
+//! Where things are: the workspace root, its `scenarios/` and `snapshots/`.
 
 use std::path::{Path, PathBuf};
 
-/// The `*.yaml` files of `dir`, sorted; an error that says what was scanned
-/// when there are none.
+use crate::env::env;
+
+/// The workspace root (`LAYERDRIFT_ROOT`, else where this crate was built).
+pub fn root() -> PathBuf {
+    env().root.clone()
+}
+
+/// The scenario directory (`LAYERDRIFT_SCENARIOS`, else `<root>/scenarios`).
+pub fn scenario_dir() -> PathBuf {
+    env().scenarios.clone()
+}
+
+/// The snapshot folder of a machine class.
+pub fn class_dir(class: &str) -> PathBuf {
+    root().join("snapshots").join(class)
+}
+
+/// The `*.yaml` and `*.yml` files of `dir`, sorted; an error that says what
+/// was scanned when there are none.
 pub fn scenario_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| format!("cannot read the scenario directory {}: {e}", dir.display()))?;
@@ -19,11 +36,4 @@ pub fn scenario_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
         ));
     }
     Ok(files)
-}
-
-/// The scenario directory: `LAYERDRIFT_SCENARIOS`, else `<root>/scenarios`.
-pub fn scenario_dir() -> PathBuf {
-    std::env::var_os("LAYERDRIFT_SCENARIOS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::snapshot::root().join("scenarios"))
 }

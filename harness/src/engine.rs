@@ -1,0 +1,389 @@
+//! The engine: from a validated scenario to outcomes. Both front ends — the
+//! CLI (`layerdrift run`) and the test binary — call these functions; sinks
+//! (snapshots, tables, plots, JSON) take what they return and never drive
+//! evaluation themselves.
+//!
+//! - [`comparisons`]: what one backend is compared with, per check;
+//! - [`evaluate`]: both sides of one comparison on every variant, judged;
+//! - [`run_scenario`]: every comparison of a scenario, with every run's time
+//!   and every failure (the CLI's whole job);
+//! - [`oracle_runs`]: the oracle's own runs (for its snapshot).
+
+use std::sync::Arc;
+
+use layerdrift_backends::{BackendId, BackendInfo, DType};
+use serde::{Serialize, Serializer};
+
+use crate::bounds::Bounds;
+use crate::metrics::DriftProfile;
+use crate::scenario::{Pairing, Scenario};
+use crate::session::{ORACLE, Run, RunError, Session};
+
+fn display<T: std::fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// One side of a comparison: a backend and a strategy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Side {
+    /// The backend, e.g. `candle-cpu`.
+    #[serde(serialize_with = "display")]
+    pub backend: BackendId,
+    /// Strategy name, e.g. `full`.
+    pub strategy: String,
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.backend, self.strategy)
+    }
+}
+
+/// One comparison of one check on one backend.
+#[derive(Clone, Debug, Serialize)]
+pub struct Comparison {
+    /// The name in the trial name: `full-vs-rows`, `full-vs-oracle`,
+    /// `full-vs-burn-flex-cpu`.
+    pub name: String,
+    /// The side the trial belongs to.
+    pub a: Side,
+    /// What it is compared with.
+    pub b: Side,
+    /// The bounds that apply.
+    pub bounds: Bounds,
+}
+
+impl Comparison {
+    /// Whether this compares two different backends (not the oracle).
+    pub fn is_cross(&self) -> bool {
+        self.a.backend != self.b.backend && !self.b.backend.is_oracle()
+    }
+}
+
+/// The outcome of a comparison on one variant.
+#[derive(Clone, Debug, Serialize)]
+pub struct VariantOutcome {
+    /// Variant label.
+    pub variant: String,
+    /// The dtype of the comparison.
+    #[serde(serialize_with = "display")]
+    pub dtype: DType,
+    /// The drift profile, when both runs happened.
+    pub profile: Option<DriftProfile>,
+    /// Bound violations (empty = pass).
+    pub violations: Vec<String>,
+    /// Why the variant was not compared, if it was not.
+    pub skipped: Option<String>,
+}
+
+/// The outcome of a comparison over all variants.
+#[derive(Clone, Debug, Serialize)]
+pub struct Outcome {
+    /// What was compared.
+    pub comparison: Comparison,
+    /// Per variant.
+    pub variants: Vec<VariantOutcome>,
+}
+
+impl Outcome {
+    /// Failure messages, each naming scenario variant, pair, layer, value and bound.
+    pub fn failures(&self, scenario: &str) -> Vec<String> {
+        let c = &self.comparison;
+        self.variants
+            .iter()
+            .flat_map(|v| {
+                v.violations
+                    .iter()
+                    .map(move |msg| format!("{scenario} [{}] {} vs {}: {msg}", v.variant, c.a, c.b))
+            })
+            .collect()
+    }
+
+    /// How many variants were compared (not skipped).
+    pub fn compared(&self) -> usize {
+        self.variants.iter().filter(|v| v.profile.is_some()).count()
+    }
+}
+
+/// Every comparison backend `id` takes part in as side `a`, in check order.
+/// The oracle compares strategies only where it computes each for real
+/// (a decoder's KV cache), and is never compared with itself.
+pub fn comparisons(s: &Scenario, session: &Session, id: BackendId) -> Vec<Comparison> {
+    let is_oracle = id.is_oracle();
+    let others = session.scenario_backends(s);
+    let side = |b: BackendId, st: &str| Side {
+        backend: b,
+        strategy: st.to_string(),
+    };
+    let mut out = Vec::new();
+    for check in &s.checks {
+        let bounds = check.bounds_for(id).clone();
+        match &check.pairing {
+            Pairing::Strategies(a, b) if !is_oracle || s.is_decoder() => out.push(Comparison {
+                name: check.name.clone(),
+                a: side(id, a),
+                b: side(id, b),
+                bounds,
+            }),
+            Pairing::Oracle(st) if !is_oracle => out.push(Comparison {
+                name: check.name.clone(),
+                a: side(id, st),
+                b: side(ORACLE, st),
+                bounds,
+            }),
+            Pairing::Cross(st) if !is_oracle => {
+                // Each pair once: this backend against every later one.
+                let pos = others.iter().position(|o| o.id() == id);
+                for o in others.iter().skip(pos.map_or(others.len(), |p| p + 1)) {
+                    let oid = o.id();
+                    out.push(Comparison {
+                        name: format!("{}-{oid}", check.name),
+                        a: side(id, st),
+                        b: side(oid, st),
+                        bounds: bounds.clone(),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Runs both sides of `c` on every variant and judges the bounds. `Err` when
+/// a run failed (not when it cannot run here: that variant is skipped).
+pub fn evaluate(s: &Scenario, session: &Session, c: &Comparison) -> Result<Outcome, String> {
+    let mut variants = Vec::new();
+    for (i, var) in s.variants.iter().enumerate() {
+        let a = session.run(s, i, c.a.backend, &c.a.strategy);
+        let b = session.run(s, i, c.b.backend, &c.b.strategy);
+        let (a, b) = match (a, b) {
+            (Err(RunError::Fail(m)), _) | (_, Err(RunError::Fail(m))) => {
+                return Err(format!("{} [{}]: run failed: {m}", s.name, var.label));
+            }
+            (Err(RunError::Skip(r)), _) | (_, Err(RunError::Skip(r))) => {
+                variants.push(VariantOutcome {
+                    variant: var.label.clone(),
+                    dtype: var.dtype,
+                    profile: None,
+                    violations: Vec::new(),
+                    skipped: Some(r),
+                });
+                continue;
+            }
+            (Ok(a), Ok(b)) => (a, b),
+        };
+        // The oracle computes in f64; ULPs are counted in the run's dtype.
+        let profile = DriftProfile::compare(&a.checkpoints, &b.checkpoints, var.dtype)
+            .map_err(|e| format!("{} [{}] {} vs {}: {e}", s.name, var.label, c.a, c.b))?;
+        let violations = c.bounds.violations(&profile);
+        variants.push(VariantOutcome {
+            variant: var.label.clone(),
+            dtype: var.dtype,
+            profile: Some(profile),
+            violations,
+            skipped: None,
+        });
+    }
+    Ok(Outcome {
+        comparison: c.clone(),
+        variants,
+    })
+}
+
+/// The oracle's runs of every strategy and variant (for a row-independent
+/// model only the first strategy: the oracle computes them all alike).
+pub fn oracle_runs(
+    s: &Scenario,
+    session: &Session,
+) -> Result<Vec<(String, String, Arc<Run>)>, String> {
+    let strategies = if s.is_decoder() {
+        &s.strategies[..]
+    } else {
+        &s.strategies[..1]
+    };
+    let mut out = Vec::new();
+    for st in strategies {
+        for (i, v) in s.variants.iter().enumerate() {
+            match session.run(s, i, ORACLE, st.name) {
+                Ok(run) => out.push((st.name.to_string(), v.label.clone(), run)),
+                Err(RunError::Skip(_)) => {}
+                Err(RunError::Fail(m)) => return Err(m),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One backend of a scenario run, as the CLI reports it.
+#[derive(Clone, Debug)]
+pub struct Participant {
+    /// Its id.
+    pub id: BackendId,
+    /// Identity and versions, when it can run here.
+    pub info: Option<BackendInfo>,
+    /// Why it cannot, when it cannot.
+    pub unavailable: Option<String>,
+}
+
+/// One backend run, done, skipped or failed.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunRecord {
+    /// The backend and strategy.
+    pub side: Side,
+    /// Variant label.
+    pub variant: String,
+    /// Wall time in ms, when it ran.
+    pub wall_ms: Option<f64>,
+    /// Why it did not run here, if it did not.
+    pub skipped: Option<String>,
+    /// Why it failed, if it failed.
+    pub failed: Option<String>,
+}
+
+/// Everything a scenario run produced.
+#[derive(Clone, Debug)]
+pub struct ScenarioReport {
+    /// Every backend asked for, available or not (oracle first).
+    pub participants: Vec<Participant>,
+    /// Every run, in the order they ran.
+    pub runs: Vec<RunRecord>,
+    /// Every comparison whose runs did not fail.
+    pub outcomes: Vec<Outcome>,
+    /// Comparisons that could not be made (a failed run, checkpoints of
+    /// different shapes), as messages.
+    pub errors: Vec<String>,
+}
+
+impl ScenarioReport {
+    /// Whether anything failed (a run, or a comparison): a front end must not
+    /// exit 0 then.
+    pub fn has_failures(&self) -> bool {
+        self.failed_runs().next().is_some() || !self.errors.is_empty()
+    }
+
+    /// Runs that failed (not skipped).
+    pub fn failed_runs(&self) -> impl Iterator<Item = &RunRecord> {
+        self.runs.iter().filter(|r| r.failed.is_some())
+    }
+
+    /// Comparison variants out of bounds.
+    pub fn violations(&self) -> usize {
+        self.outcomes
+            .iter()
+            .flat_map(|o| &o.variants)
+            .filter(|v| !v.violations.is_empty())
+            .count()
+    }
+}
+
+/// Keeps only the scenario's backends that `only` names (names or ids);
+/// an error when it names none of them.
+pub fn filter_backends(s: &mut Scenario, session: &Session, only: &[String]) -> Result<(), String> {
+    if only.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<BackendId> = session
+        .scenario_backends(s)
+        .iter()
+        .map(|b| b.id())
+        .collect();
+    for o in only {
+        if !ids.iter().any(|id| id.matches(o)) {
+            return Err(format!(
+                "--backends: `{o}` is none of this scenario's backends here ({})",
+                ids.iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    s.backends.retain(|name| {
+        ids.iter()
+            .any(|id| id.name == name && only.iter().any(|o| id.matches(o)))
+    });
+    let keep: Vec<BackendId> = ids
+        .into_iter()
+        .filter(|id| only.iter().any(|o| id.matches(o)))
+        .collect();
+    s.devices.retain(|d| keep.iter().any(|id| id.device == *d));
+    Ok(())
+}
+
+/// Runs every comparison of `s` on every available backend. `progress` is
+/// called before each run with its index, the total, and what it is.
+pub fn run_scenario(
+    s: &Scenario,
+    session: &Session,
+    progress: &mut dyn FnMut(usize, usize, &Side, &str),
+) -> ScenarioReport {
+    let mut participants = Vec::new();
+    let mut active = Vec::new();
+    let all = std::iter::once(session.oracle().clone()).chain(session.scenario_backends(s));
+    for b in all {
+        let id = b.id();
+        match b.available() {
+            Ok(()) => {
+                participants.push(Participant {
+                    id,
+                    info: Some(b.info()),
+                    unavailable: None,
+                });
+                active.push(id);
+            }
+            Err(why) => participants.push(Participant {
+                id,
+                info: None,
+                unavailable: Some(why),
+            }),
+        }
+    }
+    let comps: Vec<Comparison> = active
+        .iter()
+        .flat_map(|id| comparisons(s, session, *id))
+        .filter(|c| active.contains(&c.b.backend))
+        .collect();
+    let mut needed: Vec<(Side, usize)> = Vec::new();
+    for c in &comps {
+        for side in [&c.a, &c.b] {
+            for v in 0..s.variants.len() {
+                if !needed.iter().any(|(x, i)| x == side && *i == v) {
+                    needed.push((side.clone(), v));
+                }
+            }
+        }
+    }
+    let mut runs = Vec::new();
+    for (k, (side, v)) in needed.iter().enumerate() {
+        let label = &s.variants[*v].label;
+        progress(k, needed.len(), side, label);
+        let mut r = RunRecord {
+            side: side.clone(),
+            variant: label.clone(),
+            wall_ms: None,
+            skipped: None,
+            failed: None,
+        };
+        match session.run(s, *v, side.backend, &side.strategy) {
+            Ok(run) => r.wall_ms = Some(run.wall.as_secs_f64() * 1e3),
+            Err(RunError::Skip(why)) => r.skipped = Some(why),
+            Err(RunError::Fail(why)) => r.failed = Some(why),
+        }
+        runs.push(r);
+    }
+    let mut outcomes = Vec::new();
+    let mut errors = Vec::new();
+    for c in &comps {
+        match evaluate(s, session, c) {
+            Ok(o) => outcomes.push(o),
+            Err(e) => errors.push(format!("{}/{}: {e}", c.a.backend, c.name)),
+        }
+    }
+    ScenarioReport {
+        participants,
+        runs,
+        outcomes,
+        errors,
+    }
+}

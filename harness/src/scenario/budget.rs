@@ -1,0 +1,87 @@
+//! What a scenario may ask of this machine, checked before anything is
+//! allocated: how many variants, how many observed rows, and an estimate of
+//! the peak memory of its largest run.
+//!
+//! The estimate, in bytes, for one variant (all arithmetic in f64, so no
+//! value in a file can overflow it):
+//!
+//! ```text
+//! P       = parameters of the model
+//! weights = P × (4 host f32 + 8 oracle f64 + dtype size for the backend's copy)
+//! input   = batch × seq × dim × 4
+//! acts    = 4 live tensors of batch × seq × max(dim, hidden, 3·dim) × dtype size
+//! scores  = decoder only: 2 × batch × heads × seq² × dtype size
+//! ckpts   = observed rows × dim × layers × 8 × (strategies + 1)
+//! ```
+//!
+//! A scenario whose largest variant exceeds the limit (the machine's
+//! available memory, or `LAYERDRIFT_MEMORY_LIMIT`) is refused at
+//! `validate` time with the estimate and the limit.
+
+use layerdrift_backends::{DType, ModelSpec};
+
+/// Most variants a scenario may expand to (the product of its list axes).
+pub const MAX_VARIANTS: usize = 1024;
+
+/// Most observed rows per variant.
+pub const MAX_OBSERVED_ROWS: usize = 65_536;
+
+/// Parameters of `model`, as f64 (never overflows).
+fn parameters(model: &ModelSpec) -> f64 {
+    let f = |x: usize| x as f64;
+    match model {
+        ModelSpec::ResidualMlp(m) => {
+            let (d, h) = (f(m.dim), f(m.hidden));
+            f(m.layers) * (2.0 * d * h + h + d + 4.0 * d)
+        }
+        ModelSpec::Decoder(m) => {
+            let (d, h) = (f(m.dim), f(m.hidden));
+            f(m.layers) * (4.0 * (d * d + d) + 2.0 * d * h + h + d + 4.0 * d)
+        }
+    }
+}
+
+/// The estimated peak bytes of one run of `model` (see the module docs).
+///
+/// ```
+/// use layerdrift::scenario::estimate_bytes;
+/// use layerdrift_backends::{Activation, DType, ModelSpec, Norm, ResidualMlpSpec};
+/// let seed = ModelSpec::ResidualMlp(ResidualMlpSpec {
+///     layers: 20, dim: 768, hidden: 768, activation: Activation::GeluErf,
+///     norm: Norm::LayerNorm, eps: 1e-5, residual: true });
+/// let gb = estimate_bytes(&seed, 16, 1024, DType::F32, 1, 2) / 1e9;
+/// assert!(gb > 0.5 && gb < 1.5, "{gb}");
+/// ```
+pub fn estimate_bytes(
+    model: &ModelSpec,
+    batch: usize,
+    seq: usize,
+    dtype: DType,
+    observed: usize,
+    strategies: usize,
+) -> f64 {
+    let f = |x: usize| x as f64;
+    let size = f(dtype.size());
+    let (dim, layers) = (f(model.dim()), f(model.layers()));
+    let (hidden, heads) = match model {
+        ModelSpec::ResidualMlp(m) => (f(m.hidden), 0.0),
+        ModelSpec::Decoder(m) => (f(m.hidden), f(m.heads)),
+    };
+    let p = parameters(model);
+    let tokens = f(batch) * f(seq);
+    let weights = p * (4.0 + 8.0 + size);
+    let input = tokens * dim * 4.0;
+    let acts = 4.0 * tokens * dim.max(hidden).max(3.0 * dim) * size;
+    let scores = 2.0 * f(batch) * heads * f(seq) * f(seq) * size;
+    let ckpts = f(observed) * dim * layers * 8.0 * (f(strategies) + 1.0);
+    weights + input + acts + scores + ckpts
+}
+
+/// `1.23 GB`.
+pub(super) fn human(bytes: f64) -> String {
+    if bytes >= 1e9 {
+        format!("{:.2} GB", bytes / 1e9)
+    } else {
+        format!("{:.0} MB", bytes / 1e6)
+    }
+}

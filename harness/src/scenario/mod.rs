@@ -1,0 +1,305 @@
+//! Scenario files: from YAML text to a validated [`Scenario`] with its
+//! variants, or to every problem in the file with its `path:line:column`.
+//!
+//! The path through this module, one file per step:
+//! 1. [`syntax`]: size, encoding, byte-order mark, and one walk over the YAML
+//!    events (value positions by key path; duplicate keys, extra documents,
+//!    deep nesting and alias bombs refused before serde sees them);
+//! 2. `raw`: serde shapes (`deny_unknown_fields`, typed `observe`);
+//! 3. `validate`: field checks first, then — only when every field passed —
+//!    the checks derived from several fields (heads divide dim, strategies fit
+//!    the model, input files fit the axes, the memory estimate);
+//! 4. `observe` and `expand`: observed rows per input shape, and the
+//!    cartesian product of list-valued axes into [`Variant`]s.
+//!
+//! Every YAML key is documented in the README's scenario reference; keep the
+//! two in step.
+
+mod budget;
+mod error;
+mod expand;
+#[cfg(test)]
+mod fuzz;
+mod observe;
+mod raw;
+pub mod syntax;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use layerdrift_backends::{BackendId, DType, DeviceKind, ModelSpec, Row, Schedule};
+
+use crate::bounds::Bounds;
+
+pub use budget::{MAX_OBSERVED_ROWS, MAX_VARIANTS, estimate_bytes};
+pub use error::{Pos, ScenarioError, ScenarioErrors};
+pub use raw::{Axis, STRATEGIES};
+
+/// One strategy: how the observed rows are computed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Strategy {
+    /// Name used in checks: `full`, `rows`, `kv_cache`, `chunked`.
+    pub name: &'static str,
+    kind: StrategyKind,
+}
+
+/// A strategy and its parameter.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum StrategyKind {
+    Full,
+    Rows,
+    KvCache { prefill: usize },
+    Chunked { chunk: usize },
+}
+
+impl Strategy {
+    /// The schedule for a sequence of `seq` positions.
+    pub fn schedule(&self, seq: usize) -> Schedule {
+        match self.kind {
+            StrategyKind::Full => Schedule::Full,
+            StrategyKind::Rows => Schedule::Rows,
+            StrategyKind::KvCache { prefill } => Schedule::kv_cache(prefill, seq),
+            StrategyKind::Chunked { chunk } => Schedule::chunked(chunk, seq),
+        }
+    }
+
+    /// The first decoded position of a `kv_cache` strategy.
+    pub fn prefill(&self) -> Option<usize> {
+        match self.kind {
+            StrategyKind::KvCache { prefill } => Some(prefill),
+            _ => None,
+        }
+    }
+
+    /// A one-line description, e.g. `kv_cache (prefill 248, then decode one at a time)`.
+    pub fn describe(&self) -> String {
+        match self.kind {
+            StrategyKind::Full => "full (whole input, then slice the observed rows)".into(),
+            StrategyKind::Rows => "rows (only the observed rows as input)".into(),
+            StrategyKind::KvCache { prefill } => {
+                format!("kv_cache (prefill {prefill} positions, then decode one at a time)")
+            }
+            StrategyKind::Chunked { chunk } => {
+                format!("chunked (chunks of {chunk} through the KV cache)")
+            }
+        }
+    }
+}
+
+/// What a check compares.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Pairing {
+    /// Two different strategies on the same backend (the seed's question).
+    Strategies(String, String),
+    /// A strategy on each backend against the f64 oracle.
+    Oracle(String),
+    /// A strategy on every pair of backends.
+    Cross(String),
+}
+
+/// One check of a scenario: a pairing and its bounds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Check {
+    /// The name in trial names: `name:` if given, else derived from the
+    /// pairing (`full-vs-rows`, `full-vs-oracle`, `full-vs`); unique within
+    /// the scenario. A cross check's trials append the other backend's id.
+    pub name: String,
+    /// What is compared.
+    pub pairing: Pairing,
+    /// Bounds for every backend without an entry in `backend_bounds`.
+    pub bounds: Bounds,
+    /// Per-backend bounds, by backend name (`candle`) or id (`candle-cpu`).
+    pub backend_bounds: BTreeMap<String, Bounds>,
+}
+
+impl Check {
+    /// The bounds that apply to `id`: an entry for its id, else for its
+    /// library name, else the check's own.
+    pub fn bounds_for(&self, id: BackendId) -> &Bounds {
+        self.backend_bounds
+            .get(&id.to_string())
+            .or_else(|| self.backend_bounds.get(id.name))
+            .unwrap_or(&self.bounds)
+    }
+}
+
+/// One point of the scenario's variant grid.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Variant {
+    /// `batch=8,residual=true` — only axes with several values appear; `base`
+    /// when none do.
+    pub label: String,
+    /// The value of every multi-valued axis, in label order.
+    pub axes: Vec<(String, String)>,
+    /// The model.
+    pub model: ModelSpec,
+    /// Input batch size.
+    pub batch: usize,
+    /// Input sequence length.
+    pub seq: usize,
+    /// Computation dtype.
+    pub dtype: DType,
+    /// Observed rows, resolved against `batch` and `seq`.
+    pub observed: Vec<Row>,
+    /// Batch-invariant execution (`execution: batch_invariant`).
+    pub batch_invariant: bool,
+}
+
+/// Where the weights come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WeightSource {
+    /// The seed's init from a seed.
+    Init {
+        /// RNG seed.
+        seed: u64,
+        /// Std of the linear weights.
+        std: f64,
+    },
+    /// A safetensors file (absolute path).
+    File(PathBuf),
+}
+
+/// Where the input comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum InputSource {
+    /// N(0, 1) from a seed.
+    Seed(u64),
+    /// A `[batch, seq, dim]` tensor in a safetensors file.
+    File {
+        /// Absolute path.
+        path: PathBuf,
+        /// Tensor name.
+        tensor: String,
+    },
+}
+
+/// A validated scenario.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// Name (the file stem), the first part of every trial name.
+    pub name: String,
+    /// The file.
+    pub path: PathBuf,
+    /// Free text from `description:`.
+    pub description: String,
+    /// Every variant, in axis order.
+    pub variants: Vec<Variant>,
+    /// The strategies, in file order.
+    pub strategies: Vec<Strategy>,
+    /// The checks, in file order.
+    pub checks: Vec<Check>,
+    /// Backend names to run (never `reference`, which always runs as the oracle).
+    pub backends: Vec<String>,
+    /// Devices to run on.
+    pub devices: Vec<DeviceKind>,
+    /// Intra-op threads for libraries that let a caller fix them.
+    pub threads: Option<usize>,
+    /// Slow: in debug builds its trials are ignored unless `LAYERDRIFT_SLOW=1`.
+    pub slow: bool,
+    /// Weights.
+    pub weights: WeightSource,
+    /// Input.
+    pub input: InputSource,
+    /// The estimated peak memory of its largest run, in bytes.
+    pub estimated_bytes: f64,
+}
+
+impl Scenario {
+    /// The strategy called `name`.
+    pub fn strategy(&self, name: &str) -> Option<&Strategy> {
+        self.strategies.iter().find(|s| s.name == name)
+    }
+
+    /// Whether any variant is a decoder (whose oracle computes each strategy
+    /// for real; a residual MLP's oracle computes the observed rows alone).
+    pub fn is_decoder(&self) -> bool {
+        self.variants
+            .iter()
+            .any(|v| matches!(v.model, ModelSpec::Decoder(_)))
+    }
+
+    /// Loads and validates a scenario file. `known` are the backends this
+    /// build knows (compiled in or not), for names and spelling hints;
+    /// `memory_limit` is the most bytes a run may need (see
+    /// [`estimate_bytes`]).
+    pub fn load(
+        path: &Path,
+        known: &[BackendId],
+        memory_limit: u64,
+    ) -> Result<Scenario, ScenarioErrors> {
+        let meta = std::fs::metadata(path).map_err(|e| {
+            ScenarioErrors::one(path, None, format!("cannot read the scenario: {e}"))
+        })?;
+        if !meta.is_file() {
+            return Err(ScenarioErrors::one(
+                path,
+                None,
+                "not a regular file: give the path of a scenario's .yaml file",
+            ));
+        }
+        if meta.len() > syntax::MAX_BYTES as u64 {
+            return Err(ScenarioErrors::one(
+                path,
+                None,
+                format!(
+                    "the file is {} bytes; a scenario may be at most {} (is this the right file?)",
+                    meta.len(),
+                    syntax::MAX_BYTES
+                ),
+            ));
+        }
+        let bytes = std::fs::read(path).map_err(|e| {
+            ScenarioErrors::one(path, None, format!("cannot read the scenario: {e}"))
+        })?;
+        Scenario::parse_bytes(path, &bytes, known, memory_limit)
+    }
+
+    /// Parses and validates scenario bytes (from `path`, for messages and
+    /// relative file paths). Never panics, whatever the bytes.
+    pub fn parse_bytes(
+        path: &Path,
+        bytes: &[u8],
+        known: &[BackendId],
+        memory_limit: u64,
+    ) -> Result<Scenario, ScenarioErrors> {
+        let text = syntax::decode(bytes)
+            .map_err(|(pos, message)| ScenarioErrors::one(path, pos, message))?;
+        Scenario::parse(path, text, known, memory_limit)
+    }
+
+    /// Parses and validates scenario `text`.
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        known: &[BackendId],
+        memory_limit: u64,
+    ) -> Result<Scenario, ScenarioErrors> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let index = syntax::scan(text).map_err(|errs| {
+            ScenarioErrors(
+                errs.into_iter()
+                    .map(|(pos, message)| ScenarioError {
+                        file: path.into(),
+                        pos,
+                        message,
+                    })
+                    .collect(),
+            )
+        })?;
+        let raw: raw::RawScenario = serde_yaml::from_str(text).map_err(|e| {
+            let pos = e.location().map(|l| Pos {
+                line: l.line(),
+                col: l.column(),
+            });
+            let mut message = e.to_string();
+            if let Some(cut) = message.rfind(" at line ") {
+                message.truncate(cut);
+            }
+            // An empty file or a bare scalar has no position from serde.
+            let pos = pos.or(Some(Pos { line: 1, col: 1 }));
+            ScenarioErrors::one(path, pos, error::with_suggestion(&message))
+        })?;
+        validate::resolve(path, &index, raw, known, memory_limit)
+    }
+}

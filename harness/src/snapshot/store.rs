@@ -1,0 +1,46 @@
+//! The snapshot sink: asserts a document against its `.snap` file under
+//! `snapshots/<class>/`, with insta. It never runs or evaluates anything.
+//!
+//! Snapshots live in one folder per machine class (see [`crate::class`]).
+
+use std::panic::AssertUnwindSafe;
+
+use serde::Serialize;
+
+use crate::class::unrecorded;
+use crate::workspace::{class_dir, root};
+
+use super::doc::Meta;
+
+/// Asserts `doc` against `snapshots/{class}/{name}.snap` with `meta` as its info.
+pub fn assert_snapshot<T: Serialize>(
+    class: &str,
+    name: &str,
+    meta: &Meta,
+    description: &str,
+    doc: &T,
+) -> Result<(), String> {
+    if let Some(why) = unrecorded(class) {
+        return Err(why);
+    }
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(class_dir(class));
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_omit_expression(true);
+    settings.set_input_file(
+        root()
+            .join("scenarios")
+            .join(format!("{}.yaml", meta.scenario.trim_end_matches(".yaml"))),
+    );
+    settings.set_info(meta);
+    settings.set_description(description);
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        settings.bind(|| insta::assert_yaml_snapshot!(name.to_string(), doc));
+    }));
+    result.map_err(|_| {
+        format!(
+            "snapshot `{name}` does not match snapshots/{class}/{name}.snap (diff above). If the change is expected \
+             (a backend upgrade, a new scenario), run `cargo insta review` to accept it; on CI nothing is written."
+        )
+    })
+}
