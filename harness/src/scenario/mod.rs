@@ -6,9 +6,10 @@
 //!    events (value positions by key path; duplicate keys, extra documents,
 //!    deep nesting and alias bombs refused before serde sees them);
 //! 2. `raw`: serde shapes (`deny_unknown_fields`, typed `observe`);
-//! 3. `validate`: field checks first, then — only when every field passed —
-//!    the checks derived from several fields (heads divide dim, strategies fit
-//!    the model, input files fit the axes, the memory estimate);
+//! 3. `validate`: field checks first (`fields`, `checks`), then — only when
+//!    every field passed — the checks derived from several fields
+//!    (`derived`: heads divide dim, strategies fit the model, input files fit
+//!    the axes, the memory estimate in `budget`);
 //! 4. `observe` and `expand`: observed rows per input shape, and the
 //!    cartesian product of list-valued axes into [`Variant`]s.
 //!
@@ -16,8 +17,11 @@
 //! two in step.
 
 mod budget;
+mod checks;
+mod derived;
 mod error;
 mod expand;
+mod fields;
 #[cfg(test)]
 mod fuzz;
 mod observe;

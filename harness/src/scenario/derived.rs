@@ -1,0 +1,242 @@
+//! Phase two of validation: checks that combine fields, each of which
+//! passed phase one — the model's shape, strategies against the model, an
+//! input file against the axes, observed rows, the variant count and the
+//! memory estimate — and then the expansion into variants.
+
+use std::collections::HashMap;
+
+use layerdrift_backends::weights::read_safetensors;
+use layerdrift_backends::{DType, Row, Weights};
+
+use super::budget::{MAX_VARIANTS, estimate_bytes, human};
+use super::observe;
+use super::validate::{Fields, Validator};
+use super::{InputSource, Scenario, Strategy, WeightSource};
+
+/// Phase two: checks that combine fields, each of which passed phase one.
+pub(super) fn derived(v: &mut Validator<'_>, mut f: Fields, memory_limit: u64) -> Option<Scenario> {
+    let g = &mut f.grid;
+    // Model shape.
+    if f.hidden_default {
+        g.hidden = if g.decoder {
+            match g.dim.checked_mul(4) {
+                Some(h) => h,
+                None => {
+                    v.err(
+                        "model.dim",
+                        format!(
+                            "{} is too large (its default hidden width 4 × dim overflows)",
+                            g.dim
+                        ),
+                    );
+                    return None;
+                }
+            }
+        } else {
+            g.dim
+        };
+    }
+    if g.decoder {
+        if !g.dim.is_multiple_of(g.heads) {
+            v.err(
+                "model.heads",
+                format!(
+                    "{} heads do not divide dim {}; pick a divisor of {}",
+                    g.heads, g.dim, g.dim
+                ),
+            );
+        } else if g.ropes.contains(&true) && (g.dim / g.heads) % 2 == 1 {
+            v.err(
+                "model.rope",
+                format!(
+                    "rotary embeddings need an even head dim; dim {} / heads {} = {} is odd",
+                    g.dim,
+                    g.heads,
+                    g.dim / g.heads
+                ),
+            );
+        }
+    }
+
+    // Strategies against the model: the backends' own rule.
+    let probe = g.model(
+        g.activations[0],
+        g.norms[0],
+        g.residuals[0],
+        false,
+        g.attentions[0],
+    );
+    for (i, s) in f.strategies.iter().enumerate() {
+        if let Err(why) = s.schedule(0).fits(&probe) {
+            v.err(&format!("strategies[{i}]"), why);
+        }
+    }
+
+    // An input file sets batch and seq: it must agree with any given axes.
+    if let InputSource::File { path, tensor } = &f.input {
+        match read_safetensors(path) {
+            Err(e) => v.err("input.file", e.to_string()),
+            Ok(all) => match all.get(tensor) {
+                None => v.err(
+                    if v.index.has("input.tensor") { "input.tensor" } else { "input.file" },
+                    format!(
+                        "{} has no tensor `{tensor}` (it has: {})",
+                        path.display(),
+                        all.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ),
+                Some(t) if t.shape.len() != 3 || t.shape[2] != g.dim || t.shape[0] == 0 || t.shape[1] == 0 => v.err(
+                    "input.file",
+                    format!(
+                        "`{tensor}` has shape {:?}; an input must be [batch ≥ 1, seq ≥ 1, dim = {}]",
+                        t.shape, g.dim
+                    ),
+                ),
+                Some(t) => {
+                    for (key, given, from_file, axis) in [
+                        ("input.batch", f.batch_given, t.shape[0], &mut g.batches),
+                        ("input.seq", f.seq_given, t.shape[1], &mut g.seqs),
+                    ] {
+                        if given && *axis != [from_file] {
+                            v.err(
+                                key,
+                                format!(
+                                    "the input file's `{tensor}` has {} {from_file}, but this says {:?}: remove `{}` (the file sets it) or make them agree",
+                                    &key[6..],
+                                    axis,
+                                    &key[6..]
+                                ),
+                            );
+                        }
+                        *axis = vec![from_file];
+                    }
+                }
+            },
+        }
+    }
+    if !v.errors.is_empty() {
+        return None;
+    }
+
+    // Prefill against every sequence length.
+    for (i, s) in f.strategies.iter().enumerate() {
+        if let Some(prefill) = s.prefill() {
+            for &seq in &g.seqs {
+                if prefill >= seq {
+                    v.err(
+                        &format!("strategies[{i}].kv_cache.prefill"),
+                        format!(
+                            "prefill {prefill} must be less than seq {seq}, so that at least one position is decoded"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    // The grid's size, before anything is expanded.
+    let count = g.count();
+    if count > MAX_VARIANTS {
+        v.err(
+            "model",
+            format!(
+                "the list axes multiply to {count} variants; at most {MAX_VARIANTS} are allowed — shorten the lists"
+            ),
+        );
+        return None;
+    }
+
+    // Observed rows per input shape.
+    let decoded_from = f.strategies.iter().find_map(Strategy::prefill);
+    let mut observed: HashMap<(usize, usize), Vec<Row>> = HashMap::new();
+    for &batch in &g.batches {
+        for &seq in &g.seqs {
+            match observe::resolve(&f.observe, batch, seq, decoded_from) {
+                Ok(rows) => {
+                    observed.insert((batch, seq), rows);
+                }
+                // The default `observe` (absent from the file) follows the
+                // input's shape: point there.
+                Err((path, message)) if !v.index.has("observe") => {
+                    v.err("input.seq", format!("observe (default): {message}"));
+                    let _ = path;
+                }
+                Err((path, message)) => v.err(&path, message),
+            }
+        }
+    }
+    if !v.errors.is_empty() {
+        return None;
+    }
+
+    // Memory: the largest variant must fit.
+    let mut worst = (0.0f64, String::new());
+    for model in g.models() {
+        for &dtype in &g.dtypes {
+            for (&(batch, seq), rows) in &observed {
+                let b = estimate_bytes(&model, batch, seq, dtype, rows.len(), f.strategies.len());
+                if b > worst.0 {
+                    worst = (b, format!("batch {batch}, seq {seq}, {dtype}"));
+                }
+            }
+        }
+    }
+    if worst.0 > memory_limit as f64 {
+        // Point at what dominates: the model's size or the input's.
+        let model_only = g
+            .models()
+            .iter()
+            .map(|m| estimate_bytes(m, 1, 1, DType::F64, 1, 1))
+            .fold(0.0, f64::max);
+        let (max_b, max_s) = (
+            g.batches.iter().max().copied().unwrap_or(1),
+            g.seqs.iter().max().copied().unwrap_or(1),
+        );
+        let at = if 2.0 * model_only >= worst.0 {
+            "model.dim"
+        } else if max_s > max_b {
+            "input.seq"
+        } else {
+            "input.batch"
+        };
+        v.err(
+            at,
+            format!(
+                "a run would need about {} ({}), more than the {} this machine allows (LAYERDRIFT_MEMORY_LIMIT): make the model or the input smaller",
+                human(worst.0),
+                worst.1,
+                human(memory_limit as f64)
+            ),
+        );
+        return None;
+    }
+
+    // A weights file must fit every model of the grid.
+    if let WeightSource::File(path) = &f.weights {
+        for model in g.models() {
+            if let Err(e) = Weights::load(&model, path) {
+                v.err("weights.file", e.to_string());
+                break;
+            }
+        }
+    }
+    if !v.errors.is_empty() {
+        return None;
+    }
+
+    Some(Scenario {
+        name: f.name,
+        path: v.file.clone(),
+        description: f.description,
+        variants: g.expand(&observed),
+        strategies: f.strategies,
+        checks: f.checks,
+        backends: f.backends,
+        devices: f.devices,
+        threads: f.threads,
+        slow: f.slow,
+        weights: f.weights,
+        input: f.input,
+        estimated_bytes: worst.0,
+    })
+}
