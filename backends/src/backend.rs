@@ -117,6 +117,29 @@ pub trait Backend: Send + Sync {
         }
     }
 
+    /// The machine class of this backend's numbers: a name built from the
+    /// facts its kernels dispatch on, so that two machines whose results may
+    /// differ never share a class. Default: the CPU's architecture and SIMD
+    /// level for a CPU backend (what `gemm`, `matrixmultiply` and candle's
+    /// kernels select on), the device kind and GPU name for a GPU backend.
+    /// Libraries that also dispatch on the CPU's vendor and model (libtorch:
+    /// MKL, oneDNN) override it.
+    fn class(&self) -> String {
+        if self.id().device == DeviceKind::Cpu {
+            crate::cpu::class()
+        } else {
+            let name: String = self
+                .info()
+                .device_name
+                .to_lowercase()
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                .collect();
+            let parts: Vec<&str> = name.split('-').filter(|p| !p.is_empty()).collect();
+            format!("{}-{}", self.id().device.name(), parts.join("-"))
+        }
+    }
+
     /// Runs one request.
     fn run(&self, req: &RunRequest<'_>) -> Result<Checkpoints, BackendError>;
 

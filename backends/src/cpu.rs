@@ -42,6 +42,49 @@ pub fn class() -> String {
     )
 }
 
+/// A field of `/proc/cpuinfo` for the first CPU (Linux), e.g. `vendor_id`.
+fn cpuinfo(field: &str) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    text.lines()
+        .find(|l| l.split(':').next().is_some_and(|k| k.trim() == field))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+}
+
+/// The CPU vendor: `intel`, `amd`, or `unknown`.
+pub fn vendor() -> &'static str {
+    match cpuinfo("vendor_id").as_deref() {
+        Some("GenuineIntel") => "intel",
+        Some("AuthenticAMD") => "amd",
+        _ => "unknown",
+    }
+}
+
+/// `family.model` from `/proc/cpuinfo` (`26.2` for a Zen 5 EPYC), or `unknown`.
+pub fn family_model() -> String {
+    match (cpuinfo("cpu family"), cpuinfo("model")) {
+        (Some(f), Some(m)) => format!("{f}.{m}"),
+        _ => "unknown".into(),
+    }
+}
+
+/// The CPU model name, for snapshot metadata (`AMD EPYC …`).
+pub fn model_name() -> String {
+    cpuinfo("model name").unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// A class for libraries that dispatch on the CPU's vendor and model as well
+/// as its SIMD level (MKL, oneDNN): `x86_64-amd-26.2-avx512f`.
+pub fn vendor_class() -> String {
+    format!(
+        "{}-{}-{}-{}",
+        std::env::consts::ARCH,
+        vendor(),
+        family_model(),
+        simd_level().replace('+', "-")
+    )
+}
+
 /// The name of NVIDIA GPU 0 (`NVIDIA H200`), from `nvidia-smi` — neither
 /// candle nor tch exposes device properties; `CUDA device 0` if unknown.
 pub fn nvidia_gpu_name() -> String {

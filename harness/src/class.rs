@@ -1,53 +1,154 @@
-//! Machine classes: which snapshot folder a backend's numbers belong to.
+//! Machine classes: which snapshots a backend's numbers are compared with.
 //!
-//! Float results legitimately differ between machine classes (a CPU's SIMD
-//! level picks other kernels; each GPU model has its own), so snapshots live
-//! in one folder per class: `snapshots/x86_64-avx2-fma/`,
-//! `snapshots/cuda-nvidia-h200/`. On a class with no folder yet the snapshot
-//! trials are ignored and say how to record one (`LAYERDRIFT_RECORD=1`);
-//! the bounds are checked everywhere.
+//! A class belongs to a backend, not to the machine: it is named from the
+//! facts that backend's kernels dispatch on ([`Backend::class`]): the SIMD
+//! level for candle, burn and the oracle (`x86_64-avx512f`), the CPU's
+//! vendor and model as well for libtorch, whose MKL and oneDNN pick kernels
+//! by them (`x86_64-amd-26.2-avx512f`), the GPU for a GPU backend
+//! (`cuda-nvidia-h200`). Snapshots live in `snapshots/{backend}/{class}/`.
+//!
+//! How a snapshot trial checks (see [`mode`]):
+//! - this class has a folder: exactly, through insta — unless its
+//!   `class.yaml` excludes the scenario (an ignored trial with the reason);
+//! - it has none, but other classes recorded the scenario: through a
+//!   tolerance band against them (`snapshot::band`), saying which;
+//! - nobody recorded it: ignored, saying how to record
+//!   (`LAYERDRIFT_RECORD=1 INSTA_UPDATE=always cargo test`).
 
-use layerdrift_backends::{BackendInfo, DeviceKind};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use layerdrift_backends::{Backend, BackendId};
+use serde::Deserialize;
 
 use crate::env::env;
-use crate::workspace::class_dir;
+use crate::workspace::root;
 
-/// The machine class of a backend: the host's for CPU backends and the
-/// oracle, the GPU's name for GPU backends (`cuda-nvidia-h200`).
-pub fn class_of(info: &BackendInfo) -> String {
-    if info.device == DeviceKind::Cpu {
-        layerdrift_backends::cpu::class()
-    } else {
-        let name: String = info
-            .device_name
-            .to_lowercase()
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .collect();
-        format!(
-            "{}-{}",
-            info.device,
-            name.split('-')
-                .filter(|p| !p.is_empty())
-                .collect::<Vec<_>>()
-                .join("-")
-        )
+/// The class of a backend on this machine.
+pub fn class_of(b: &dyn Backend) -> String {
+    b.class()
+}
+
+/// `snapshots/{backend}/`.
+pub fn backend_dir(id: BackendId) -> PathBuf {
+    root().join("snapshots").join(id.to_string())
+}
+
+/// `snapshots/{backend}/{class}/`.
+pub fn class_dir(id: BackendId, class: &str) -> PathBuf {
+    backend_dir(id).join(class)
+}
+
+/// A class folder's `class.yaml`: what machine recorded it, and which
+/// scenarios it deliberately does not cover.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Coverage {
+    /// The machine that recorded the class, in words.
+    pub machine: Option<String>,
+    /// When.
+    pub recorded: Option<String>,
+    /// Scenario name → why this class does not cover it.
+    #[serde(default)]
+    pub excludes: BTreeMap<String, String>,
+}
+
+/// The coverage file of a class folder; none = covers everything. A file
+/// that does not parse is an error naming it.
+pub fn coverage(id: BackendId, class: &str) -> Result<Coverage, String> {
+    let path = class_dir(id, class).join("class.yaml");
+    match std::fs::read_to_string(&path) {
+        Err(_) => Ok(Coverage::default()),
+        Ok(text) => serde_yaml::from_str(&text).map_err(|e| {
+            format!(
+                "{}: {e} (expected `machine:`, `recorded:` and `excludes: {{ scenario: reason }}`)",
+                path.display()
+            )
+        }),
     }
 }
 
-/// Why snapshots of `class` cannot be checked here, if they cannot: no
-/// folder was ever recorded for it (and `LAYERDRIFT_RECORD=1` is not set).
-pub fn unrecorded(class: &str) -> Option<String> {
-    (!env().record && !class_dir(class).is_dir()).then(|| {
-        format!(
-            "no snapshots recorded for machine class `{class}` (float results legitimately differ between \
-             SIMD levels and GPU models): record them with `LAYERDRIFT_RECORD=1 INSTA_UPDATE=always cargo test`"
-        )
-    })
+/// The snapshot file name of a backend's own comparisons in `scenario`.
+pub fn own_name(scenario: &str) -> String {
+    scenario.to_string()
 }
 
-/// The class of a cross-backend pair: the shared class, or both joined.
-pub fn pair_class(a: &BackendInfo, b: &BackendInfo) -> String {
-    let (a, b) = (class_of(a), class_of(b));
-    if a == b { a } else { format!("{a}+{b}") }
+/// The snapshot file name of a cross pair: it names the other backend and
+/// its class, since the pair's numbers depend on both.
+pub fn pair_name(scenario: &str, b: BackendId, b_class: &str, strategy: &str) -> String {
+    format!("{scenario}__vs__{b}__{b_class}__{strategy}")
+}
+
+/// Whether `file` is the snapshot of a pair with `b` on `strategy`, in any
+/// class of `b`.
+pub fn is_pair_file(file: &str, scenario: &str, b: BackendId, strategy: &str) -> bool {
+    file.starts_with(&format!("{scenario}__vs__{b}__"))
+        && file.ends_with(&format!("__{strategy}.snap"))
+}
+
+/// How one snapshot is checked on this machine.
+#[derive(Clone, Debug)]
+pub enum Mode {
+    /// Exactly, against (or recording into) this folder.
+    Exact(PathBuf),
+    /// Through the band, against these `(class, file)`s.
+    Banded(Vec<(String, PathBuf)>),
+    /// Not at all here, for this reason (an ignored trial).
+    Ignore(String),
+    /// The class folder is broken (a malformed `class.yaml`): a failing trial.
+    Broken(String),
+}
+
+/// How the snapshot of `scenario` named by `matches` (a file name test) is
+/// checked for backend `id` on `class`.
+pub fn mode(id: BackendId, class: &str, scenario: &str, matches: &dyn Fn(&str) -> bool) -> Mode {
+    let dir = class_dir(id, class);
+    let banded_anyway = env().band;
+    if (dir.is_dir() && !banded_anyway) || env().record {
+        return match coverage(id, class) {
+            Err(e) => Mode::Broken(e),
+            Ok(c) => match c.excludes.get(scenario) {
+                Some(why) => Mode::Ignore(format!(
+                    "class `{class}` of {id} does not cover `{scenario}`: {why} ({})",
+                    dir.join("class.yaml").display()
+                )),
+                None => Mode::Exact(dir),
+            },
+        };
+    }
+    let others = recorded_elsewhere(id, class, matches);
+    if others.is_empty() {
+        Mode::Ignore(format!(
+            "no snapshots of {id} recorded for class `{class}` or any other: record them with `LAYERDRIFT_RECORD=1 INSTA_UPDATE=always cargo test`"
+        ))
+    } else {
+        Mode::Banded(others)
+    }
+}
+
+/// The `.snap` files `matches` accepts in the class folders of `id` other
+/// than `own_class`, as `(class, file)`, sorted.
+pub fn recorded_elsewhere(
+    id: BackendId,
+    own_class: &str,
+    matches: &dyn Fn(&str) -> bool,
+) -> Vec<(String, PathBuf)> {
+    let Ok(classes) = std::fs::read_dir(backend_dir(id)) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for c in classes.flatten() {
+        let class = c.file_name().to_string_lossy().into_owned();
+        if class == own_class || !c.path().is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(c.path()).into_iter().flatten().flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".snap") && matches(&name) {
+                out.push((class.clone(), f.path()));
+            }
+        }
+    }
+    out.sort();
+    out
 }

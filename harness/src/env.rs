@@ -38,6 +38,10 @@ pub const VARS: &[Var] = &[
         effect: "`1`: snapshot trials run on a machine class with no snapshots yet, so that `INSTA_UPDATE=always` records them",
     },
     Var {
+        name: "LAYERDRIFT_BAND",
+        effect: "`1`: check snapshots through the tolerance band against the other classes even where this class is recorded (to see how far this machine is from them)",
+    },
+    Var {
         name: "LAYERDRIFT_DEVICES",
         effect: "comma-separated devices to run (`cpu`, `cuda`, `wgpu`); the oracle always runs. Unset: every device a scenario names",
     },
@@ -82,6 +86,8 @@ pub struct Env {
     pub slow: bool,
     /// Let snapshot trials record on an unrecorded class.
     pub record: bool,
+    /// Band snapshots against other classes even where this one is recorded.
+    pub band: bool,
     /// Only these devices, if set.
     pub devices: Option<Vec<DeviceKind>>,
     /// Most bytes one run may need.
@@ -146,6 +152,7 @@ fn parse() -> (Env, Vec<String>) {
         .unwrap_or_else(|| root.join("scenarios"));
     let slow = flag("LAYERDRIFT_SLOW", &mut problems);
     let record = flag("LAYERDRIFT_RECORD", &mut problems);
+    let band = flag("LAYERDRIFT_BAND", &mut problems);
     let devices = match std::env::var("LAYERDRIFT_DEVICES") {
         Err(_) => None,
         Ok(v) => {
@@ -182,6 +189,7 @@ fn parse() -> (Env, Vec<String>) {
             scenarios,
             slow,
             record,
+            band,
             devices,
             memory_limit,
             memory_limit_from,

@@ -137,7 +137,7 @@ fn list() -> Result<ExitCode> {
                     i.version,
                     i.device_name,
                     i.threads,
-                    layerdrift::class::class_of(&i)
+                    layerdrift::class::class_of(b.as_ref())
                 );
             }
             Err(why) => println!("  {:<18} unavailable: {why}", b.id()),

@@ -5,9 +5,9 @@
 //! profiles. A trial that cannot run here is *ignored* with its reason —
 //! never silently absent, never a pass.
 
-use layerdrift_backends::{Backend, BackendId};
+use layerdrift_backends::BackendId;
 
-use crate::class::{class_of, unrecorded};
+use crate::class::{Mode, class_of, mode, own_name};
 use crate::engine::{Comparison, comparisons};
 use crate::env::env;
 use crate::scenario::Scenario;
@@ -86,7 +86,13 @@ pub fn plan(s: &Scenario, session: &Session) -> Vec<TrialPlan> {
                 (!id.is_oracle() && all_ignored)
                     .then(|| "no comparison of this backend can run here".to_string())
             })
-            .or_else(|| unrecorded(&snapshot_class(b.as_ref())));
+            .or_else(|| {
+                let file = format!("{}.snap", own_name(&s.name));
+                match mode(id, &class_of(b.as_ref()), &s.name, &|f| f == file) {
+                    Mode::Ignore(why) => Some(why),
+                    _ => None,
+                }
+            });
         out.push(TrialPlan {
             name: format!("{}/{id}/snapshot", s.name),
             backend: id,
@@ -96,9 +102,4 @@ pub fn plan(s: &Scenario, session: &Session) -> Vec<TrialPlan> {
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
-}
-
-/// The snapshot class of an available backend.
-fn snapshot_class(b: &dyn Backend) -> String {
-    class_of(&b.info())
 }

@@ -14,11 +14,6 @@ pub fn scenario_dir() -> PathBuf {
     env().scenarios.clone()
 }
 
-/// The snapshot folder of a machine class.
-pub fn class_dir(class: &str) -> PathBuf {
-    root().join("snapshots").join(class)
-}
-
 /// The `*.yaml` and `*.yml` files of `dir`, sorted; an error that says what
 /// was scanned when there are none.
 pub fn scenario_files(dir: &Path) -> Result<Vec<PathBuf>, String> {

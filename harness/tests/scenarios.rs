@@ -13,16 +13,20 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
 
-use layerdrift::class::{class_of, pair_class, unrecorded};
+use layerdrift::class::{Mode, class_of, is_pair_file, mode, own_name, pair_name};
 use layerdrift::engine::{Comparison, Outcome, comparisons, evaluate, oracle_runs};
+use layerdrift::env::env;
 use layerdrift::plan::{TrialKind, plan};
 use layerdrift::scenario::Scenario;
 use layerdrift::session::Session;
+use layerdrift::snapshot::band::{self, Recorded};
+use layerdrift::snapshot::doc::SnapComparison;
 use layerdrift::snapshot::doc::{DriftSnapshot, Meta, OracleDoc};
 use layerdrift::snapshot::store::assert_snapshot;
 use layerdrift::workspace::{scenario_dir, scenario_files};
-use layerdrift_backends::BackendId;
+use layerdrift_backends::{Backend, BackendId};
 use libtest_mimic::{Arguments, Failed, Trial};
+use serde::Serialize;
 
 static SESSION: OnceLock<Session> = OnceLock::new();
 
@@ -30,16 +34,55 @@ fn session() -> &'static Session {
     SESSION.get_or_init(Session::new)
 }
 
-fn info(id: BackendId) -> Result<layerdrift_backends::BackendInfo, String> {
+fn backend(id: BackendId) -> Result<&'static Arc<dyn Backend>, String> {
     session()
         .backend(id)
-        .map(|b| b.info())
         .ok_or_else(|| format!("no backend `{id}` in this build"))
 }
 
-/// The snapshot trial of `id`: its own comparisons (and, for the oracle, its
-/// activations), built by the engine and handed to the snapshot sink.
-fn snapshot_trial(s: &Scenario, id: BackendId) -> Result<(), Failed> {
+/// Checks one snapshot document the way this machine's class allows:
+/// exactly (insta), or through the band against other classes.
+fn check_snapshot<T: Serialize>(
+    mode: Mode,
+    name: &str,
+    meta: &Meta,
+    s: &Scenario,
+    doc: &T,
+    comparisons: &[SnapComparison],
+) -> Result<(), Failed> {
+    match mode {
+        Mode::Exact(dir) => Ok(assert_snapshot(&dir, name, meta, &s.description, doc)?),
+        Mode::Banded(against) => {
+            let mut recorded = Vec::new();
+            for (class, path) in &against {
+                recorded.push(Recorded {
+                    class: class.clone(),
+                    comparisons: band::read(path)?,
+                });
+            }
+            let classes: Vec<&str> = recorded.iter().map(|r| r.class.as_str()).collect();
+            band::check(comparisons, &recorded).map_err(|e| {
+                format!(
+                    "`{name}` on class `{}` is outside the band of classes {}:\n{e}",
+                    meta.class,
+                    classes.join(", ")
+                )
+            })?;
+            println!(
+                "`{name}` on class `{}`: within the band of classes {}",
+                meta.class,
+                classes.join(", ")
+            );
+            Ok(())
+        }
+        Mode::Ignore(why) => Err(format!("not checked here: {why}").into()),
+        Mode::Broken(why) => Err(why.into()),
+    }
+}
+
+/// The documents of a backend's snapshot trial: its own comparisons (and,
+/// for the oracle, its activations), built by the engine.
+fn own_doc(s: &Scenario, id: BackendId) -> Result<(serde_yaml::Value, DriftSnapshot), Failed> {
     let session = session();
     let own: Vec<Comparison> = comparisons(s, session, id)
         .into_iter()
@@ -49,34 +92,39 @@ fn snapshot_trial(s: &Scenario, id: BackendId) -> Result<(), Failed> {
         .iter()
         .map(|c| evaluate(s, session, c))
         .collect::<Result<_, _>>()?;
-    let me = info(id)?;
-    let name = format!("{}__{id}", s.name);
-    if id.is_oracle() {
-        let doc = OracleDoc::new(&s.name, &oracle_runs(s, session)?, &outcomes);
-        let meta = Meta::new(s, std::slice::from_ref(&me));
-        return Ok(assert_snapshot(
-            &class_of(&me),
-            &name,
-            &meta,
-            &s.description,
-            &doc,
-        )?);
+    let drift = DriftSnapshot::new(&s.name, &id.to_string(), &outcomes);
+    let doc = if id.is_oracle() {
+        serde_yaml::to_value(OracleDoc::new(
+            &s.name,
+            &oracle_runs(s, session)?,
+            &outcomes,
+        ))
+    } else {
+        serde_yaml::to_value(&drift)
     }
-    let doc = DriftSnapshot::new(&s.name, &id.to_string(), &outcomes);
-    let meta = Meta::new(s, &[me.clone(), info(BackendId::ORACLE)?]);
-    Ok(assert_snapshot(
-        &class_of(&me),
-        &name,
-        &meta,
-        &s.description,
-        &doc,
-    )?)
+    .map_err(|e| e.to_string())?;
+    Ok((doc, drift))
 }
 
-fn check_trial(s: Arc<Scenario>, kind: TrialKind, backend: BackendId) -> Result<(), Failed> {
+/// The snapshot trial of `id`.
+fn snapshot_trial(s: &Scenario, id: BackendId) -> Result<(), Failed> {
+    let b = backend(id)?;
+    let class = class_of(b.as_ref());
+    let file = format!("{}.snap", own_name(&s.name));
+    let mode = mode(id, &class, &s.name, &|f| f == file);
+    let (doc, drift) = own_doc(s, id)?;
+    let mut infos = vec![b.info()];
+    if !id.is_oracle() {
+        infos.push(session().oracle().info());
+    }
+    let meta = Meta::new(s, &infos, &class);
+    check_snapshot(mode, &own_name(&s.name), &meta, s, &doc, &drift.comparisons)
+}
+
+fn check_trial(s: Arc<Scenario>, kind: TrialKind, backend_id: BackendId) -> Result<(), Failed> {
     let session = session();
     let c = match kind {
-        TrialKind::Snapshot => return snapshot_trial(&s, backend),
+        TrialKind::Snapshot => return snapshot_trial(&s, backend_id),
         TrialKind::Check(c) => c,
     };
     let outcome = evaluate(&s, session, &c)?;
@@ -93,23 +141,27 @@ fn check_trial(s: Arc<Scenario>, kind: TrialKind, backend: BackendId) -> Result<
     if !failures.is_empty() {
         return Err(failures.join("\n").into());
     }
-    // A cross pair's snapshot, where its machine class has snapshots; the
-    // bounds above are checked on every machine.
+    // A cross pair's snapshot, where it can be checked here; the bounds
+    // above are checked on every machine.
     if c.is_cross() {
-        let (a, b) = (info(c.a.backend)?, info(c.b.backend)?);
-        let class = pair_class(&a, &b);
-        if unrecorded(&class).is_none() {
-            let name = format!(
-                "{}__{}__vs__{}__{}",
-                s.name, c.a.backend, c.b.backend, c.a.strategy
-            );
-            let doc = DriftSnapshot::new(
-                &s.name,
-                &c.a.backend.to_string(),
-                std::slice::from_ref(&outcome),
-            );
-            assert_snapshot(&class, &name, &Meta::new(&s, &[a, b]), &s.description, &doc)?;
-        }
+        let (a, b) = (backend(c.a.backend)?, backend(c.b.backend)?);
+        let (a_class, b_class) = (class_of(a.as_ref()), class_of(b.as_ref()));
+        let name = pair_name(&s.name, c.b.backend, &b_class, &c.a.strategy);
+        let file = format!("{name}.snap");
+        let (bid, strategy) = (c.b.backend, c.a.strategy.clone());
+        let mode = match mode(c.a.backend, &a_class, &s.name, &|f| {
+            f == file || (!env().record && is_pair_file(f, &s.name, bid, &strategy))
+        }) {
+            Mode::Ignore(_) => return Ok(()),
+            m => m,
+        };
+        let doc = DriftSnapshot::new(
+            &s.name,
+            &c.a.backend.to_string(),
+            std::slice::from_ref(&outcome),
+        );
+        let meta = Meta::new(&s, &[a.info(), b.info()], &format!("{a_class} + {b_class}"));
+        check_snapshot(mode, &name, &meta, &s, &doc, &doc.comparisons)?;
     }
     Ok(())
 }
@@ -230,6 +282,117 @@ fn selftest_nan_fails() -> Result<(), Failed> {
     Ok(())
 }
 
+/// The band must catch a wrong model: on the first available backend,
+/// `small-residual-mlp` computed with tanh GELU where the oracle (the truth)
+/// uses exact GELU — a backend that implements the wrong activation —
+/// against every class recorded for that backend (this machine's included).
+/// The right model must pass the same band, so the control does not fail
+/// for another reason.
+fn selftest_band_catches_a_wrong_model() -> Result<(), Failed> {
+    use layerdrift::engine::VariantOutcome;
+    use layerdrift::metrics::DriftProfile;
+    use layerdrift_backends::{Activation, ModelSpec};
+    let id = subject()?;
+    let path = scenario_dir().join("small-residual-mlp.yaml");
+    let right = session().load(&path)?;
+    let mut wrong = right.clone();
+    for v in &mut wrong.variants {
+        if let ModelSpec::ResidualMlp(m) = &mut v.model {
+            m.activation = Activation::GeluTanh;
+        }
+    }
+    // Another path, so the session's memo keeps the two models apart.
+    wrong.path = path.with_file_name("small-residual-mlp-with-tanh-gelu.yaml");
+    let file = format!("{}.snap", own_name(&right.name));
+    let against = layerdrift::class::recorded_elsewhere(id, "", &|f| f == file);
+    if against.is_empty() {
+        return Err(
+            format!("no recorded class of {id} has {file}: nothing to band against").into(),
+        );
+    }
+    let mut recorded = Vec::new();
+    for (class, p) in &against {
+        recorded.push(Recorded {
+            class: class.clone(),
+            comparisons: band::read(p)?,
+        });
+    }
+    let (_, ok) = own_doc(&right, id)?;
+    band::check(&ok.comparisons, &recorded)
+        .map_err(|e| format!("the shipped model is outside its own band: {e}"))?;
+    // The backend side runs the wrong model; the oracle stays the truth.
+    let mut outcomes = Vec::new();
+    for c in comparisons(&right, session(), id)
+        .into_iter()
+        .filter(|c| !c.is_cross())
+    {
+        let mut variants = Vec::new();
+        for (i, v) in right.variants.iter().enumerate() {
+            let a = session()
+                .run(&wrong, i, c.a.backend, &c.a.strategy)
+                .map_err(|e| e.to_string())?;
+            let truth = if c.b.backend.is_oracle() {
+                &right
+            } else {
+                &wrong
+            };
+            let b = session()
+                .run(truth, i, c.b.backend, &c.b.strategy)
+                .map_err(|e| e.to_string())?;
+            variants.push(VariantOutcome {
+                variant: v.label.clone(),
+                dtype: v.dtype,
+                profile: Some(DriftProfile::compare(
+                    &a.checkpoints,
+                    &b.checkpoints,
+                    v.dtype,
+                )?),
+                violations: Vec::new(),
+                skipped: None,
+            });
+        }
+        outcomes.push(Outcome {
+            comparison: c,
+            variants,
+        });
+    }
+    let bad = DriftSnapshot::new(&right.name, &id.to_string(), &outcomes);
+    match band::check(&bad.comparisons, &recorded) {
+        Ok(()) => Err(format!("{id}: tanh GELU for exact GELU passed the band").into()),
+        Err(e) if e.contains("full-vs-oracle") && e.contains("outside the band") => {
+            println!("{id}: the wrong model fails the band:\n{e}");
+            Ok(())
+        }
+        Err(e) => Err(format!(
+            "{id}: the wrong model failed, but not on the oracle comparison: {e}"
+        )
+        .into()),
+    }
+}
+
+/// A snapshot that does not parse, or a malformed `class.yaml`, is an error
+/// naming the file — never a pass.
+fn selftest_broken_snapshots_fail() -> Result<(), Failed> {
+    let snap = write_temp(
+        "broken.snap",
+        "---\nsource: x\n---\nnot: [a layerdrift snapshot\n",
+    );
+    match band::read(&snap) {
+        Ok(_) => return Err("a broken snapshot parsed".into()),
+        Err(e) if e.contains("broken.snap") => {}
+        Err(e) => return Err(format!("the error does not name the file: {e}").into()),
+    }
+    let plain = write_temp("plain.snap", "scenario: x\n");
+    if band::read(&plain).is_ok() {
+        return Err("a file without insta's header parsed".into());
+    }
+    let bad: Result<layerdrift::class::Coverage, _> = serde_yaml::from_str("excludes: [a, b]\n");
+    if bad.is_ok() {
+        return Err("a malformed class.yaml parsed".into());
+    }
+    Ok(())
+}
+
 /// The catalogue of bad inputs: `harness/tests/bad/*.yaml`, each one kind of
 /// mistake, each with `# expect: <text>` lines and its expected position
 /// (`# at: LINE:COL` or `# line: LINE`).
@@ -341,6 +504,14 @@ fn main() -> ExitCode {
     trials.push(Trial::test(
         "selftest/bad-scenarios-are-rejected",
         selftest_bad_scenarios,
+    ));
+    trials.push(Trial::test(
+        "selftest/band-catches-a-wrong-model",
+        selftest_band_catches_a_wrong_model,
+    ));
+    trials.push(Trial::test(
+        "selftest/broken-snapshots-fail",
+        selftest_broken_snapshots_fail,
     ));
     trials.sort_by(|a, b| a.name().cmp(b.name()));
     if !args.list && !ignored.is_empty() {

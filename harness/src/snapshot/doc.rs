@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use layerdrift_backends::{BackendInfo, Checkpoints};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::engine::Outcome;
 use crate::metric::sig3;
@@ -33,20 +33,20 @@ pub fn layer_line(layer: usize, d: &LayerDrift) -> String {
 }
 
 /// A drift snapshot: one backend's comparisons in one scenario.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct DriftSnapshot {
     /// Scenario name.
     pub scenario: String,
     /// Backend id.
     pub backend: String,
     /// What each layer line holds.
-    pub columns: &'static str,
+    pub columns: String,
     /// Every comparison of this backend.
     pub comparisons: Vec<SnapComparison>,
 }
 
 /// One comparison in a snapshot.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct SnapComparison {
     /// Check name.
     pub check: String,
@@ -59,7 +59,7 @@ pub struct SnapComparison {
 }
 
 /// One variant of a comparison in a snapshot.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct SnapVariant {
     /// Variant label.
     pub variant: String,
@@ -73,7 +73,7 @@ pub struct SnapVariant {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub growth_exponent: Option<String>,
     /// One line per layer, see `columns`.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<String>,
     /// Mean |Δ| per layer at the last observed row (decoder: last decoded position).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -134,7 +134,7 @@ impl DriftSnapshot {
         DriftSnapshot {
             scenario: scenario.into(),
             backend: backend.into(),
-            columns: LAYER_COLUMNS,
+            columns: LAYER_COLUMNS.into(),
             comparisons,
         }
     }
@@ -143,18 +143,18 @@ impl DriftSnapshot {
 /// The oracle's snapshot: the size of the true activations, per strategy and
 /// variant — it moves when weights, inputs or the model change, whatever the
 /// backends do.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct OracleSnapshot {
     /// Scenario name.
     pub scenario: String,
     /// What each layer line holds.
-    pub columns: &'static str,
+    pub columns: String,
     /// `strategy [variant]` → per-layer lines.
     pub activations: Vec<OracleEntry>,
 }
 
 /// One oracle run in the snapshot.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct OracleEntry {
     /// Strategy.
     pub strategy: String,
@@ -188,8 +188,10 @@ pub struct Meta {
     pub backends: Vec<BackendMeta>,
     /// dtypes of the variants.
     pub dtypes: Vec<String>,
-    /// Host CPU and SIMD level.
+    /// Host CPU, its SIMD level and vendor/model (what classes are made of).
     pub host: String,
+    /// The class the snapshot belongs to.
+    pub class: String,
     /// layerdrift version.
     pub layerdrift: &'static str,
 }
@@ -209,7 +211,7 @@ pub struct BackendMeta {
 
 impl Meta {
     /// The metadata of a snapshot of `s` holding the runs of `backends`.
-    pub fn new(s: &Scenario, backends: &[BackendInfo]) -> Meta {
+    pub fn new(s: &Scenario, backends: &[BackendInfo], class: &str) -> Meta {
         let mut dtypes: Vec<String> = s.variants.iter().map(|v| v.dtype.to_string()).collect();
         dtypes.dedup();
         Meta {
@@ -228,14 +230,21 @@ impl Meta {
                 })
                 .collect(),
             dtypes,
-            host: layerdrift_backends::cpu::describe(),
+            host: format!(
+                "{} ({}, {} {})",
+                layerdrift_backends::cpu::model_name(),
+                layerdrift_backends::cpu::describe(),
+                layerdrift_backends::cpu::vendor(),
+                layerdrift_backends::cpu::family_model()
+            ),
+            class: class.to_string(),
             layerdrift: env!("CARGO_PKG_VERSION"),
         }
     }
 }
 
 /// The oracle's snapshot document: its activations and its own comparisons.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct OracleDoc {
     /// The size of the true activations.
     pub oracle: OracleSnapshot,
@@ -254,7 +263,7 @@ impl OracleDoc {
         OracleDoc {
             oracle: OracleSnapshot {
                 scenario: scenario.to_string(),
-                columns: "layer: rms max|x| sum (observed rows, f64)",
+                columns: "layer: rms max|x| sum (observed rows, f64)".into(),
                 activations: runs
                     .iter()
                     .map(|(st, v, run)| OracleEntry {

@@ -9,5 +9,6 @@
 //! dtype, threads, SIMD level) goes into insta's `info`, shown by
 //! `cargo insta review` but not compared: only the numbers fail a test.
 
+pub mod band;
 pub mod doc;
 pub mod store;

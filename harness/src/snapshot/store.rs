@@ -5,26 +5,24 @@
 
 use std::panic::AssertUnwindSafe;
 
+use std::path::Path;
+
 use serde::Serialize;
 
-use crate::class::unrecorded;
-use crate::workspace::{class_dir, root};
+use crate::workspace::root;
 
 use super::doc::Meta;
 
-/// Asserts `doc` against `snapshots/{class}/{name}.snap` with `meta` as its info.
+/// Asserts `doc` against `{dir}/{name}.snap` with `meta` as its info.
 pub fn assert_snapshot<T: Serialize>(
-    class: &str,
+    dir: &Path,
     name: &str,
     meta: &Meta,
     description: &str,
     doc: &T,
 ) -> Result<(), String> {
-    if let Some(why) = unrecorded(class) {
-        return Err(why);
-    }
     let mut settings = insta::Settings::clone_current();
-    settings.set_snapshot_path(class_dir(class));
+    settings.set_snapshot_path(dir);
     settings.set_prepend_module_to_snapshot(false);
     settings.set_omit_expression(true);
     settings.set_input_file(
@@ -37,10 +35,12 @@ pub fn assert_snapshot<T: Serialize>(
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
         settings.bind(|| insta::assert_yaml_snapshot!(name.to_string(), doc));
     }));
+    let shown = dir.strip_prefix(root()).unwrap_or(dir);
     result.map_err(|_| {
         format!(
-            "snapshot `{name}` does not match snapshots/{class}/{name}.snap (diff above). If the change is expected \
-             (a backend upgrade, a new scenario), run `cargo insta review` to accept it; on CI nothing is written."
+            "snapshot `{name}` does not match {}/{name}.snap (diff above). If the change is expected \
+             (a backend upgrade, a new scenario), run `cargo insta review` to accept it; on CI nothing is written.",
+            shown.display()
         )
     })
 }
