@@ -125,19 +125,7 @@ pub trait Backend: Send + Sync {
     /// Libraries that also dispatch on the CPU's vendor and model (libtorch:
     /// MKL, oneDNN) override it.
     fn class(&self) -> String {
-        if self.id().device == DeviceKind::Cpu {
-            crate::cpu::class()
-        } else {
-            let name: String = self
-                .info()
-                .device_name
-                .to_lowercase()
-                .chars()
-                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-                .collect();
-            let parts: Vec<&str> = name.split('-').filter(|p| !p.is_empty()).collect();
-            format!("{}-{}", self.id().device.name(), parts.join("-"))
-        }
+        default_class(self)
     }
 
     /// Runs one request.
@@ -166,6 +154,21 @@ pub trait Backend: Send + Sync {
     /// [`Backend::can_run`] for a whole request.
     fn check(&self, req: &RunRequest<'_>) -> Result<(), BackendError> {
         self.can_run(req.model, req.dtype, req.schedule)
+    }
+}
+
+/// The default [`Backend::class`]: the CPU's architecture and SIMD level for a
+/// CPU backend, the device kind and GPU name for a GPU backend.
+pub fn default_class<B: Backend + ?Sized>(b: &B) -> String {
+    if b.id().device == DeviceKind::Cpu {
+        crate::cpu::class()
+    } else {
+        let name = b.info().device_name.to_lowercase();
+        let parts: Vec<&str> = name
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .filter(|p| !p.is_empty())
+            .collect();
+        format!("{}-{}", b.id().device.name(), parts.join("-"))
     }
 }
 
