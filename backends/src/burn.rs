@@ -83,20 +83,22 @@ pub(crate) fn backends() -> Vec<Box<dyn Backend>> {
 #[allow(deprecated)]
 fn cpu_backends() -> Vec<Box<dyn Backend>> {
     vec![
-        Box::new(Burn::<Flex>::new(
-            "burn-flex",
-            DeviceKind::Cpu,
-            format!("burn-flex {}", env!("LD_VERSION_BURN_FLEX")),
-            // flex parallelises elementwise ops, reductions and its `gemm`
-            // matmuls (`Parallelism::Rayon(0)`) on rayon's global pool.
-            rayon_global_threads,
-            cpu_device::<Flex>,
-        )
-        // flex's numbers moved between two AMD AVX-512 machines (the small
-        // scenarios matched the Intel AVX2 snapshots on one, not on the
-        // other): its `gemm` blocking follows more than the SIMD level, so
-        // its class names the CPU's vendor and model too.
-        .with_class(crate::cpu::vendor_class)),
+        Box::new(
+            Burn::<Flex>::new(
+                "burn-flex",
+                DeviceKind::Cpu,
+                format!("burn-flex {}", env!("LD_VERSION_BURN_FLEX")),
+                // flex parallelises elementwise ops, reductions and its `gemm`
+                // matmuls (`Parallelism::Rayon(0)`) on rayon's global pool.
+                rayon_global_threads,
+                cpu_device::<Flex>,
+            )
+            // flex's numbers moved between two AMD AVX-512 machines (the small
+            // scenarios matched the Intel AVX2 snapshots on one, not on the
+            // other): its `gemm` blocking follows more than the SIMD level, so
+            // its class names the CPU's vendor and model too.
+            .with_class(crate::cpu::vendor_class),
+        ),
         Box::new(Burn::<NdArray>::new(
             "burn-ndarray",
             DeviceKind::Cpu,

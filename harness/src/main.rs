@@ -126,18 +126,23 @@ fn validate(files: Vec<PathBuf>) -> Result<ExitCode> {
 
 fn list() -> Result<ExitCode> {
     let session = Session::new();
-    println!("backends in this build (snapshot class in brackets):");
+    println!("backends in this build [snapshot class on this machine]:");
     for b in session.backends() {
         match b.available() {
             Ok(()) => {
                 let i = b.info();
+                let class = layerdrift::class::class_of(b.as_ref());
+                let recorded = if layerdrift::class::class_dir(b.id(), &class).is_dir() {
+                    "recorded"
+                } else {
+                    "no snapshots: banded against other classes"
+                };
                 println!(
-                    "  {:<18} {} — {}, {} thread(s) [{}]",
+                    "  {:<18} {} — {}, {} thread(s) [{class}: {recorded}]",
                     i.id(),
                     i.version,
                     i.device_name,
                     i.threads,
-                    layerdrift::class::class_of(b.as_ref())
                 );
             }
             Err(why) => println!("  {:<18} unavailable: {why}", b.id()),
