@@ -126,7 +126,7 @@ fn validate(files: Vec<PathBuf>) -> Result<ExitCode> {
 
 fn list() -> Result<ExitCode> {
     let session = Session::new();
-    println!("backends in this build [snapshot class on this machine]:");
+    println!("backends in this build, with their snapshot class and probe hash on this machine:");
     for b in session.backends() {
         match b.available() {
             Ok(()) => {
@@ -137,12 +137,15 @@ fn list() -> Result<ExitCode> {
                 } else {
                     "no snapshots: banded against other classes"
                 };
+                let probe = layerdrift::class::probe(b.as_ref())
+                    .unwrap_or_else(|e| format!("probe failed: {e}"));
                 println!(
-                    "  {:<18} {} — {}, {} thread(s) [{class}: {recorded}]",
+                    "  {:<18} {} — {}, {} thread(s)\n  {:<18} class {class} ({recorded}), probe {probe}",
                     i.id(),
                     i.version,
                     i.device_name,
                     i.threads,
+                    ""
                 );
             }
             Err(why) => println!("  {:<18} unavailable: {why}", b.id()),
