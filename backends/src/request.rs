@@ -120,6 +120,20 @@ pub struct Checkpoints {
 }
 
 impl Checkpoints {
+    /// The start state of [`Checkpoints::fnv1a`].
+    pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+    /// FNV-1a over the bits of every value, continuing from `state` (start
+    /// with [`Checkpoints::FNV_OFFSET`]; chain it to hash several runs).
+    pub fn fnv1a(&self, state: u64) -> u64 {
+        self.layers.iter().flatten().fold(state, |h, x| {
+            x.to_bits()
+                .to_le_bytes()
+                .iter()
+                .fold(h, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01B3))
+        })
+    }
+
     /// Row `r` after layer index `l` (0-based).
     pub fn row(&self, l: usize, r: usize) -> &[f64] {
         &self.layers[l][r * self.dim..(r + 1) * self.dim]

@@ -113,13 +113,5 @@ pub fn max_abs(a: &Checkpoints, b: &Checkpoints) -> f64 {
 
 /// FNV-1a over the bits of every checkpoint value.
 pub fn fingerprint(c: &Checkpoints) -> u64 {
-    c.layers
-        .iter()
-        .flatten()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
-            x.to_bits()
-                .to_le_bytes()
-                .iter()
-                .fold(h, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01B3))
-        })
+    c.fnv1a(Checkpoints::FNV_OFFSET)
 }

@@ -15,14 +15,10 @@
 //! - nobody recorded it: ignored, saying how to record
 //!   (`LAYERDRIFT_RECORD=1 INSTA_UPDATE=always cargo test`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock};
 
-use layerdrift_backends::{
-    Activation, AttentionForm, Backend, BackendId, Checkpoints, DType, DecoderSpec, ModelSpec,
-    Norm, ResidualMlpSpec, Row, RunRequest, Schedule, Weights, generate_input,
-};
+use layerdrift_backends::{Backend, BackendId};
 use serde::Deserialize;
 
 use crate::env::env;
@@ -55,7 +51,8 @@ pub struct Coverage {
     /// Scenario name → why this class does not cover it.
     #[serde(default)]
     pub excludes: BTreeMap<String, String>,
-    /// Backend version → the [`probe`] hash the recording machine computed.
+    /// Backend version → the probe hash the recording machine computed
+    /// (`layerdrift_backends::fingerprint`).
     #[serde(default)]
     pub probe: BTreeMap<String, String>,
 }
@@ -107,16 +104,17 @@ pub enum Mode {
 }
 
 /// How the snapshot of `scenario` named by `matches` (a file name test) is
-/// checked for backend `id` on `class`. With `probe`, a recorded class whose
-/// `class.yaml` holds another probe hash for this library version is banded
-/// rather than compared exactly (planning passes `false`: it only needs to
-/// know whether the trial runs, and probing costs a few runs).
+/// checked for backend `id` on `class`. `probe` is this machine's `(library
+/// version, probe hash)` for the backend: a recorded class whose
+/// `class.yaml` holds another hash for the same version is banded rather
+/// than compared exactly (planning passes `None`: it only needs to know
+/// whether the trial runs, and probing costs a few runs).
 pub fn mode(
     id: BackendId,
     class: &str,
     scenario: &str,
     matches: &dyn Fn(&str) -> bool,
-    probe: bool,
+    probe: Option<&(String, String)>,
 ) -> Mode {
     let dir = class_dir(id, class);
     let banded_anyway = env().band;
@@ -135,10 +133,9 @@ pub fn mode(
         // Same class name, same library version, other probe bits: this
         // machine does not compute what the recording one did, so it is not
         // compared exactly (below: banded against every class, its own too).
-        differs = probe
-            && !env().record
-            && probe_of(id).is_some_and(|(version, mine)| {
-                c.probe.get(&version).is_some_and(|theirs| *theirs != mine)
+        differs = !env().record
+            && probe.is_some_and(|(version, mine)| {
+                c.probe.get(version).is_some_and(|theirs| theirs != mine)
             });
         if !differs {
             return Mode::Exact(dir);
@@ -180,102 +177,4 @@ pub fn recorded_elsewhere(
     }
     out.sort();
     out
-}
-
-/// `(library version, probe hash)`, or `None` where the probe cannot run.
-type ProbeResult = Option<(String, String)>;
-
-/// Probe results, once per backend and process.
-static PROBES: OnceLock<Mutex<HashMap<BackendId, ProbeResult>>> = OnceLock::new();
-
-/// Registered backends, for [`probe_of`] (set by the front ends).
-static BACKENDS: OnceLock<Vec<std::sync::Arc<dyn Backend>>> = OnceLock::new();
-
-/// Lets [`mode`] probe the backends of this process (the front ends call it
-/// once with their session's backends).
-pub fn register(backends: &[std::sync::Arc<dyn Backend>]) {
-    let _ = BACKENDS.set(backends.to_vec());
-}
-
-/// `(version, probe hash)` of a registered, available backend.
-fn probe_of(id: BackendId) -> ProbeResult {
-    let b = BACKENDS.get()?.iter().find(|b| b.id() == id)?;
-    let map = PROBES.get_or_init(Mutex::default);
-    if let Some(hit) = map.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
-        return hit.clone();
-    }
-    let got = b
-        .available()
-        .ok()
-        .and_then(|()| probe(b.as_ref()).ok())
-        .map(|h| (b.info().version, h));
-    map.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(id, got.clone());
-    got
-}
-
-/// A behavioural fingerprint of a backend on this machine: a few fixed
-/// one-layer runs at the shipped scenarios' widths (768 wide, hidden 768 and
-/// 3072, 12 heads; 1, 64 and 1024 rows; full, rows and KV-cache schedules),
-/// every output bit hashed. Two machines with other bits here compute other
-/// numbers; `class.yaml` records the hash of the machine that recorded a
-/// class, so a machine whose class *name* matches but whose bits do not is
-/// banded instead of compared exactly. About 0.1–0.5 s per backend.
-pub fn probe(b: &dyn Backend) -> Result<String, String> {
-    let mlp = ModelSpec::ResidualMlp(ResidualMlpSpec {
-        layers: 1,
-        dim: 768,
-        hidden: 768,
-        activation: Activation::GeluErf,
-        norm: Norm::LayerNorm,
-        eps: 1e-5,
-        residual: true,
-    });
-    let decoder = ModelSpec::Decoder(DecoderSpec {
-        layers: 1,
-        dim: 768,
-        heads: 12,
-        hidden: 3072,
-        activation: Activation::GeluErf,
-        norm: Norm::LayerNorm,
-        eps: 1e-5,
-        rope_theta: Some(10_000.0),
-        attention: AttentionForm::Manual,
-    });
-    let mut hash = 0xcbf2_9ce4_8422_2325u64;
-    let mut eat = |c: &Checkpoints| {
-        for x in c.layers.iter().flatten() {
-            for byte in x.to_bits().to_le_bytes() {
-                hash = (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01B3);
-            }
-        }
-    };
-    let runs: [(&ModelSpec, usize, Schedule); 5] = [
-        (&mlp, 1024, Schedule::Full),
-        (&mlp, 64, Schedule::Full),
-        (&mlp, 1, Schedule::Rows),
-        (&decoder, 64, Schedule::Full),
-        (&decoder, 64, Schedule::kv_cache(56, 64)),
-    ];
-    for (model, seq, schedule) in runs {
-        let weights = Weights::init(model, 7, 0.05);
-        let input = generate_input(1, seq, model.dim(), 3);
-        let observed: Vec<Row> = (seq.saturating_sub(8)..seq)
-            .map(|pos| Row { batch: 0, pos })
-            .collect();
-        let req = RunRequest {
-            model,
-            weights: &weights,
-            input: &input,
-            dtype: DType::F32,
-            schedule: &schedule,
-            observed: &observed,
-            threads: Some(2),
-            batch_invariant: false,
-        };
-        b.check(&req).map_err(|e| e.to_string())?;
-        eat(&b.run(&req).map_err(|e| e.to_string())?);
-    }
-    Ok(format!("{hash:016x}"))
 }

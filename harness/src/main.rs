@@ -137,7 +137,7 @@ fn list() -> Result<ExitCode> {
                 } else {
                     "no snapshots: banded against other classes"
                 };
-                let probe = layerdrift::class::probe(b.as_ref())
+                let probe = layerdrift_backends::fingerprint(b.as_ref())
                     .unwrap_or_else(|e| format!("probe failed: {e}"));
                 println!(
                     "  {:<18} {} — {}, {} thread(s)\n  {:<18} class {class} ({recorded}), probe {probe}",

@@ -88,7 +88,7 @@ pub fn plan(s: &Scenario, session: &Session) -> Vec<TrialPlan> {
             })
             .or_else(|| {
                 let file = format!("{}.snap", own_name(&s.name));
-                match mode(id, &class_of(b.as_ref()), &s.name, &|f| f == file, false) {
+                match mode(id, &class_of(b.as_ref()), &s.name, &|f| f == file, None) {
                     Mode::Ignore(why) => Some(why),
                     _ => None,
                 }

@@ -60,6 +60,7 @@ pub struct Session {
     runs: Memo<Result<Arc<Run>, RunError>>,
     weights: Memo<Result<Arc<Weights>, String>>,
     inputs: Memo<Result<Arc<HostTensor>, String>>,
+    probes: Memo<Option<(String, String)>>,
     /// One backend run at a time: runs are multi-threaded already, and a GPU
     /// must not run two heavy trials at once.
     gate: Mutex<()>,
@@ -93,6 +94,7 @@ impl Session {
             runs: Mutex::default(),
             weights: Mutex::default(),
             inputs: Mutex::default(),
+            probes: Mutex::default(),
             gate: Mutex::new(()),
         }
     }
@@ -175,6 +177,21 @@ impl Session {
                     .remove(tensor)
                     .map(Arc::new)
                     .ok_or_else(|| format!("{}: no tensor `{tensor}`", path.display())),
+            })
+            .clone()
+    }
+
+    /// `(library version, probe hash)` of backend `id` on this machine
+    /// (`layerdrift_backends::fingerprint`), once per process and under the
+    /// same gate as every run; `None` where it cannot run here.
+    pub fn probe(&self, id: BackendId) -> Option<(String, String)> {
+        slot(&self.probes, id.to_string())
+            .get_or_init(|| {
+                let b = self.backend(id)?;
+                b.available().ok()?;
+                let _guard = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+                let hash = layerdrift_backends::fingerprint(b.as_ref()).ok()?;
+                Some((b.info().version, hash))
             })
             .clone()
     }

@@ -111,7 +111,8 @@ fn snapshot_trial(s: &Scenario, id: BackendId) -> Result<(), Failed> {
     let b = backend(id)?;
     let class = class_of(b.as_ref());
     let file = format!("{}.snap", own_name(&s.name));
-    let mode = mode(id, &class, &s.name, &|f| f == file, true);
+    let probe = session().probe(id);
+    let mode = mode(id, &class, &s.name, &|f| f == file, probe.as_ref());
     let (doc, drift) = own_doc(s, id)?;
     let mut infos = vec![b.info()];
     if !id.is_oracle() {
@@ -151,7 +152,8 @@ fn check_trial(s: Arc<Scenario>, kind: TrialKind, backend_id: BackendId) -> Resu
         let (bid, strategy) = (c.b.backend, c.a.strategy.clone());
         let matches =
             |f: &str| f == file || (!env().record && is_pair_file(f, &s.name, bid, &strategy));
-        let mode = match mode(c.a.backend, &a_class, &s.name, &matches, true) {
+        let probe = session.probe(c.a.backend);
+        let mode = match mode(c.a.backend, &a_class, &s.name, &matches, probe.as_ref()) {
             Mode::Ignore(_) => return Ok(()),
             m => m,
         };
@@ -485,7 +487,6 @@ fn main() -> ExitCode {
         let names: Vec<&str> = only.iter().map(|d| d.name()).collect();
         eprintln!("layerdrift: LAYERDRIFT_DEVICES: only {}", names.join(", "));
     }
-    layerdrift::class::register(session().backends());
     let dir = scenario_dir();
     let (mut trials, ignored) = match scenario_trials(&dir) {
         Ok(t) => t,
