@@ -9,14 +9,16 @@
 //!   and every failure (the CLI's whole job);
 //! - [`oracle_runs`]: the oracle's own runs (for its snapshot).
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use layerdrift_backends::{BackendId, BackendInfo, DType};
+use layerdrift_backends::{BackendId, BackendInfo, Checkpoints, DType};
 use serde::{Serialize, Serializer};
 
+use crate::baseline::{Entry, EntryInfo, VariantKey};
 use crate::bounds::Bounds;
 use crate::metrics::DriftProfile;
-use crate::scenario::{Pairing, Scenario};
+use crate::scenario::{Check, Pairing, Scenario};
 use crate::session::{ORACLE, Run, RunError, Session};
 
 fn display<T: std::fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -31,11 +33,30 @@ pub struct Side {
     pub backend: BackendId,
     /// Strategy name, e.g. `full`.
     pub strategy: String,
+    /// A baseline file: this side is the run recorded there
+    /// (`layerdrift run --save-baseline`), not a live one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<PathBuf>,
+}
+
+impl Side {
+    /// A live run of `backend` with `strategy`.
+    pub fn live(backend: BackendId, strategy: &str) -> Side {
+        Side {
+            backend,
+            strategy: strategy.to_string(),
+            baseline: None,
+        }
+    }
 }
 
 impl std::fmt::Display for Side {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.backend, self.strategy)
+        write!(f, "{}/{}", self.backend, self.strategy)?;
+        if self.baseline.is_some() {
+            f.write_str("@baseline")?;
+        }
+        Ok(())
     }
 }
 
@@ -57,6 +78,11 @@ impl Comparison {
     /// Whether this compares two different backends (not the oracle).
     pub fn is_cross(&self) -> bool {
         self.a.backend != self.b.backend && !self.b.backend.is_oracle()
+    }
+
+    /// Whether side `b` is a baseline file's run rather than a live one.
+    pub fn is_baseline(&self) -> bool {
+        self.b.baseline.is_some()
     }
 }
 
@@ -111,10 +137,7 @@ impl Outcome {
 pub fn comparisons(s: &Scenario, session: &Session, id: BackendId) -> Vec<Comparison> {
     let is_oracle = id.is_oracle();
     let others = session.scenario_backends(s);
-    let side = |b: BackendId, st: &str| Side {
-        backend: b,
-        strategy: st.to_string(),
-    };
+    let side = Side::live;
     let mut out = Vec::new();
     for check in &s.checks {
         let bounds = check.bounds_for(id).clone();
@@ -144,10 +167,79 @@ pub fn comparisons(s: &Scenario, session: &Session, id: BackendId) -> Vec<Compar
                     });
                 }
             }
+            Pairing::Baseline(st) => {
+                let Some(file) = &check.baseline_file else {
+                    continue;
+                };
+                out.push(Comparison {
+                    name: check.name.clone(),
+                    a: side(id, st),
+                    b: Side {
+                        baseline: Some(file.clone()),
+                        ..side(id, st)
+                    },
+                    bounds,
+                });
+            }
             _ => {}
         }
     }
     out
+}
+
+/// Points every baseline check of `s` at `file` (`layerdrift run --baseline
+/// FILE`); a scenario without one gets a `{strategy}-vs-baseline` check per
+/// strategy, with no bounds beyond "finite" (the CLI reports the drift).
+pub fn use_baseline(s: &mut Scenario, file: &Path) {
+    let mut any = false;
+    for c in &mut s.checks {
+        if matches!(c.pairing, Pairing::Baseline(_)) {
+            c.baseline_file = Some(file.to_path_buf());
+            any = true;
+        }
+    }
+    if any {
+        return;
+    }
+    for st in s.strategies.clone() {
+        let name = format!("{}-vs-baseline", st.name);
+        if s.checks.iter().any(|c| c.name == name) {
+            continue;
+        }
+        s.checks.push(Check {
+            name,
+            pairing: Pairing::Baseline(st.name.to_string()),
+            bounds: Bounds::default(),
+            backend_bounds: Default::default(),
+            baseline_file: Some(file.to_path_buf()),
+        });
+    }
+}
+
+/// A side's checkpoints: a live run's, or a baseline's.
+enum Got {
+    Run(Arc<Run>),
+    Recorded(Arc<Entry>),
+}
+
+impl Got {
+    fn checkpoints(&self) -> &Checkpoints {
+        match self {
+            Got::Run(r) => &r.checkpoints,
+            Got::Recorded(e) => &e.checkpoints,
+        }
+    }
+}
+
+fn fetch(s: &Scenario, session: &Session, v: usize, side: &Side) -> Result<Got, RunError> {
+    match &side.baseline {
+        Some(f) => session
+            .baseline_entry(s, v, f, side.backend, &side.strategy)
+            .map(Got::Recorded),
+        None => session
+            .run(s, v, side.backend, &side.strategy)
+            .map(Got::Run),
+    }
 }
 
 /// Runs both sides of `c` on every variant and judges the bounds. `Err` when
@@ -155,8 +247,8 @@ pub fn comparisons(s: &Scenario, session: &Session, id: BackendId) -> Vec<Compar
 pub fn evaluate(s: &Scenario, session: &Session, c: &Comparison) -> Result<Outcome, String> {
     let mut variants = Vec::new();
     for (i, var) in s.variants.iter().enumerate() {
-        let a = session.run(s, i, c.a.backend, &c.a.strategy);
-        let b = session.run(s, i, c.b.backend, &c.b.strategy);
+        let a = fetch(s, session, i, &c.a);
+        let b = fetch(s, session, i, &c.b);
         let (a, b) = match (a, b) {
             (Err(RunError::Fail(m)), _) | (_, Err(RunError::Fail(m))) => {
                 return Err(format!("{} [{}]: run failed: {m}", s.name, var.label));
@@ -174,7 +266,7 @@ pub fn evaluate(s: &Scenario, session: &Session, c: &Comparison) -> Result<Outco
             (Ok(a), Ok(b)) => (a, b),
         };
         // The oracle computes in f64; ULPs are counted in the run's dtype.
-        let profile = DriftProfile::compare(&a.checkpoints, &b.checkpoints, var.dtype)
+        let profile = DriftProfile::compare(a.checkpoints(), b.checkpoints(), var.dtype)
             .map_err(|e| format!("{} [{}] {} vs {}: {e}", s.name, var.label, c.a, c.b))?;
         let violations = c.bounds.violations(&profile);
         variants.push(VariantOutcome {
@@ -346,7 +438,7 @@ pub fn run_scenario(
         .collect();
     let mut needed: Vec<(Side, usize)> = Vec::new();
     for c in &comps {
-        for side in [&c.a, &c.b] {
+        for side in [&c.a, &c.b].into_iter().filter(|x| x.baseline.is_none()) {
             for v in 0..s.variants.len() {
                 if !needed.iter().any(|(x, i)| x == side && *i == v) {
                     needed.push((side.clone(), v));
@@ -386,4 +478,44 @@ pub fn run_scenario(
         outcomes,
         errors,
     }
+}
+
+/// The baseline of a finished scenario run: every variant's key and every
+/// live run that happened, with who computed it
+/// (`layerdrift run --save-baseline`).
+pub fn baseline_entries(
+    s: &Scenario,
+    session: &Session,
+    report: &ScenarioReport,
+) -> Result<(Vec<VariantKey>, Vec<Entry>), String> {
+    let keys = (0..s.variants.len())
+        .map(|v| session.variant_key(s, v))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut entries = Vec::new();
+    for r in report.runs.iter().filter(|r| r.wall_ms.is_some()) {
+        let Some(v) = s.variants.iter().position(|x| x.label == r.variant) else {
+            continue;
+        };
+        let run = session
+            .run(s, v, r.side.backend, &r.side.strategy)
+            .map_err(|e| e.to_string())?;
+        let class = session
+            .backend(r.side.backend)
+            .map(|b| b.class())
+            .unwrap_or_default();
+        entries.push(Entry {
+            info: EntryInfo {
+                backend: r.side.backend.to_string(),
+                strategy: r.side.strategy.clone(),
+                variant: r.variant.clone(),
+                version: run.info.version.clone(),
+                device: run.info.device_name.clone(),
+                threads: run.info.threads,
+                class,
+                dtype: s.variants[v].dtype.to_string(),
+            },
+            checkpoints: run.checkpoints.clone(),
+        });
+    }
+    Ok((keys, entries))
 }

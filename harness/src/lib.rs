@@ -29,6 +29,7 @@
 //! which fits which model in `layerdrift_backends::Schedule::fits`,
 //! environment variables in [`env`].
 
+pub mod baseline;
 pub mod bounds;
 pub mod class;
 pub mod engine;
@@ -37,6 +38,7 @@ pub mod metric;
 pub mod metrics;
 pub mod plan;
 pub mod plot;
+pub mod review;
 pub mod scenario;
 pub mod session;
 pub mod snapshot;
@@ -56,6 +58,7 @@ mod layering {
         "metric",
         "bounds",
         "scenario",
+        "baseline",
         "session",
         "engine",
         "class",
@@ -63,6 +66,7 @@ mod layering {
         "snapshot",
         "table",
         "plot",
+        "review",
     ];
 
     fn sources(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {

@@ -51,6 +51,28 @@ enum Command {
         /// Print only the summary, not the per-layer tables.
         #[arg(long)]
         summary: bool,
+        /// Write every backend run's checkpoints (the observed rows after
+        /// every layer) to this safetensors file, to compare later runs with.
+        #[arg(long, value_name = "FILE")]
+        save_baseline: Option<PathBuf>,
+        /// Compare every backend run with the same backend and strategy in
+        /// this baseline (from `--save-baseline`), e.g. after an upgrade.
+        #[arg(long, value_name = "FILE")]
+        baseline: Option<PathBuf>,
+    },
+    /// What moved: pending `.snap.new` files against their `.snap` (no
+    /// arguments), or OLD against NEW (two snapshots, two `--json` results,
+    /// or two `--save-baseline` files). Writes an overlay SVG per comparison.
+    /// Only reads: accept or reject with `cargo insta review`.
+    Review {
+        /// Nothing (every pending snapshot under snapshots/), or OLD NEW.
+        files: Vec<PathBuf>,
+        /// A move of at most this many percent at every layer is "moved ≤ x%".
+        #[arg(long, default_value_t = 5.0)]
+        tolerance: f64,
+        /// Where to write the overlays (default: target/layerdrift/review/).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Check scenario files without running them (every problem, with its position).
     Validate {
@@ -78,7 +100,26 @@ fn main() -> ExitCode {
             json,
             log_y,
             summary,
-        } => run(&file, &backends, metric, out, json, log_y, summary),
+            save_baseline,
+            baseline,
+        } => run(
+            &file,
+            &backends,
+            metric,
+            Outputs {
+                out,
+                json,
+                log_y,
+                summary_only: summary,
+                save_baseline,
+                baseline,
+            },
+        ),
+        Command::Review {
+            files,
+            tolerance,
+            out,
+        } => review(&files, tolerance, out),
         Command::Validate { files } => validate(files),
         Command::List => list(),
         Command::Env => show_env(),
@@ -264,16 +305,116 @@ fn summary(report: &ScenarioReport) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run(
-    file: &Path,
-    only: &[String],
-    metric: Metric,
+/// What `layerdrift run` writes, besides the tables.
+struct Outputs {
     out: Option<PathBuf>,
     json: Option<PathBuf>,
     log_y: bool,
     summary_only: bool,
-) -> Result<ExitCode> {
+    save_baseline: Option<PathBuf>,
+    baseline: Option<PathBuf>,
+}
+
+fn review(files: &[PathBuf], tolerance: f64, out: Option<PathBuf>) -> Result<ExitCode> {
+    if !(tolerance >= 0.0 && tolerance.is_finite()) {
+        anyhow::bail!("--tolerance: a percentage ≥ 0, got {tolerance}");
+    }
+    let tol = tolerance / 100.0;
+    let reviews = match files {
+        [] => {
+            let dir = root().join("snapshots");
+            let pending = layerdrift::review::pending(&dir);
+            if pending.is_empty() {
+                println!("no pending snapshots (*.snap.new) under {}", dir.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            pending
+                .iter()
+                .map(|p| layerdrift::review::review_pending(p, tol))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(anyhow::Error::msg)?
+        }
+        [old, new] => {
+            vec![layerdrift::review::review_files(old, new, tol).map_err(anyhow::Error::msg)?]
+        }
+        _ => anyhow::bail!(
+            "review takes no files (the pending snapshots) or two (OLD NEW), got {}",
+            files.len()
+        ),
+    };
+    let dir = out.unwrap_or_else(|| root().join("target/layerdrift/review"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for r in &reviews {
+        let shown = Path::new(&r.title)
+            .strip_prefix(root())
+            .map_or(r.title.clone(), |p| p.display().to_string());
+        println!("{shown}: {}", r.headline(tol));
+        for d in &r.details {
+            println!("  {d}");
+        }
+        for (stem, svg) in &r.overlays {
+            let path = dir.join(format!("{stem}.svg"));
+            std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+            println!("  overlay: {}", path.display());
+        }
+    }
+    let moved = reviews
+        .iter()
+        .filter(|r| r.verdict == layerdrift::review::Verdict::Moved)
+        .count();
+    println!(
+        "
+{} reviewed, {moved} moved by more than {tolerance}% somewhere (nothing accepted or rejected: use `cargo insta review`)",
+        reviews.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Checks `--baseline FILE` before anything runs, and says what it holds.
+fn announce_baseline(s: &Scenario, session: &Session, path: &Path) -> Result<(), ExitCode> {
+    use layerdrift::session::RunError;
+    match session.baseline(s, path) {
+        Ok(b) => {
+            let labels: Vec<&str> = s.variants.iter().map(|v| v.label.as_str()).collect();
+            if let Err(e) = b.check_scenario(&s.name, &labels) {
+                eprintln!("error: --baseline {e}");
+                return Err(ExitCode::from(2));
+            }
+            let mut versions: Vec<String> = b
+                .entries
+                .iter()
+                .map(|e| format!("{} {}", e.info.backend, e.info.version))
+                .collect();
+            versions.dedup();
+            println!(
+                "  baseline: {} — {} runs by layerdrift {} ({})",
+                path.display(),
+                b.entries.len(),
+                b.layerdrift,
+                versions.join("; ")
+            );
+            Ok(())
+        }
+        Err(RunError::Skip(why)) => {
+            eprintln!("error: --baseline: {why}");
+            Err(ExitCode::from(2))
+        }
+        Err(RunError::Fail(why)) => {
+            eprintln!("error: --baseline {why}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+fn run(file: &Path, only: &[String], metric: Metric, o: Outputs) -> Result<ExitCode> {
+    let Outputs {
+        out,
+        json,
+        log_y,
+        summary_only,
+        save_baseline,
+        baseline,
+    } = o;
     let session = Session::new();
     let mut s = match session.load(file) {
         Ok(s) => s,
@@ -284,6 +425,12 @@ fn run(
     };
     engine::filter_backends(&mut s, &session, only).map_err(anyhow::Error::msg)?;
     header(&s, file);
+    if let Some(b) = &baseline {
+        if let Err(code) = announce_baseline(&s, &session, b) {
+            return Ok(code);
+        }
+        engine::use_baseline(&mut s, b);
+    }
 
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -355,6 +502,12 @@ fn run(
         let path = dir.join(format!("{stem}.svg"));
         std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
         println!("  {}", path.display());
+    }
+    if let Some(path) = &save_baseline {
+        let (keys, entries) =
+            engine::baseline_entries(&s, &session, &report).map_err(anyhow::Error::msg)?;
+        layerdrift::baseline::write(path, &s.name, &keys, &entries).map_err(anyhow::Error::msg)?;
+        println!("  baseline: {} ({} runs)", path.display(), entries.len());
     }
     if let Some(j) = json {
         let doc = JsonReport {

@@ -42,7 +42,10 @@ fn ignore_reason(s: &Scenario, session: &Session, c: &Comparison) -> Option<Stri
     let mut reasons = Vec::new();
     for v in 0..s.variants.len() {
         let ra = session.skip_reason(s, v, c.a.backend, &c.a.strategy);
-        let rb = session.skip_reason(s, v, c.b.backend, &c.b.strategy);
+        let rb = match &c.b.baseline {
+            Some(f) => session.baseline_skip(s, v, f, c.b.backend, &c.b.strategy),
+            None => session.skip_reason(s, v, c.b.backend, &c.b.strategy),
+        };
         match ra.or(rb) {
             None => return None,
             Some(r) => reasons.push(r),

@@ -17,6 +17,22 @@ pub struct Series {
     pub label: String,
     /// Value per layer, layer 1 first.
     pub values: Vec<f64>,
+    /// Dashed (e.g. the old side of an overlay).
+    pub dashed: bool,
+    /// Palette index; `None`: the series' position in its panel.
+    pub color: Option<usize>,
+}
+
+impl Series {
+    /// A solid line in the panel's next colour.
+    pub fn new(label: impl Into<String>, values: Vec<f64>) -> Series {
+        Series {
+            label: label.into(),
+            values,
+            dashed: false,
+            color: None,
+        }
+    }
 }
 
 /// One panel of a figure.
@@ -205,8 +221,8 @@ fn panel(s: &mut String, p: &Panel, ox: f64, oy: f64, ylabel: &str, log_y: bool)
     );
     // Lines.
     for (i, series) in p.series.iter().enumerate() {
-        let color = PALETTE[i % PALETTE.len()];
-        let dash = if i >= PALETTE.len() {
+        let color = PALETTE[series.color.unwrap_or(i) % PALETTE.len()];
+        let dash = if series.dashed || (series.color.is_none() && i >= PALETTE.len()) {
             r#" stroke-dasharray="5,3""#
         } else {
             ""
@@ -316,7 +332,7 @@ pub fn figures(
                     panels.len() - 1
                 }
             };
-            panels[at].1.push(Series { label, values });
+            panels[at].1.push(Series::new(label, values));
         }
     }
     fams.into_iter()
@@ -340,14 +356,8 @@ mod tests {
         let p = Panel {
             title: "residual=<on>".into(),
             series: vec![
-                Series {
-                    label: "a".into(),
-                    values: vec![1e-7, 2e-7, 3e-7],
-                },
-                Series {
-                    label: "b".into(),
-                    values: vec![0.0, f64::NAN, 0.0],
-                },
+                Series::new("a", vec![1e-7, 2e-7, 3e-7]),
+                Series::new("b", vec![0.0, f64::NAN, 0.0]),
             ],
         };
         let s = svg("t", "mean", &[p], false);

@@ -17,6 +17,7 @@ use layerdrift_backends::{
     generate_input,
 };
 
+use crate::baseline::{self, Baseline, Entry, VariantKey};
 use crate::env::env;
 use crate::scenario::{InputSource, Scenario, ScenarioErrors, WeightSource};
 
@@ -61,6 +62,8 @@ pub struct Session {
     weights: Memo<Result<Arc<Weights>, String>>,
     inputs: Memo<Result<Arc<HostTensor>, String>>,
     probes: Memo<Option<(String, String)>>,
+    baselines: Memo<Result<Arc<Baseline>, RunError>>,
+    keys: Memo<Result<VariantKey, String>>,
     /// One backend run at a time: runs are multi-threaded already, and a GPU
     /// must not run two heavy trials at once.
     gate: Mutex<()>,
@@ -95,6 +98,8 @@ impl Session {
             weights: Mutex::default(),
             inputs: Mutex::default(),
             probes: Mutex::default(),
+            baselines: Mutex::default(),
+            keys: Mutex::default(),
             gate: Mutex::new(()),
         }
     }
@@ -194,6 +199,106 @@ impl Session {
                 Some((b.info().version, hash))
             })
             .clone()
+    }
+
+    /// The identity of variant `v` of `s` as a baseline records it (its
+    /// model, shapes, rows, and a hash of its weights and input).
+    pub fn variant_key(&self, s: &Scenario, v: usize) -> Result<VariantKey, String> {
+        let key = format!("{}#{v}", s.path.display());
+        slot(&self.keys, key)
+            .get_or_init(|| {
+                let data = baseline::data_hash(&*self.weights(s, v)?, &*self.input(s, v)?);
+                Ok(VariantKey::new(&s.variants[v], data))
+            })
+            .clone()
+    }
+
+    /// The baseline at `path`, read once per process. A missing file is a
+    /// skip (an ignored trial saying how to record it); a file that is not a
+    /// baseline is a failure naming it.
+    pub fn baseline(&self, s: &Scenario, path: &Path) -> Result<Arc<Baseline>, RunError> {
+        slot(&self.baselines, path.display().to_string())
+            .get_or_init(|| {
+                if !path.exists() {
+                    return Err(RunError::Skip(format!(
+                        "no baseline at {}: record one with `layerdrift run {} --save-baseline {}`",
+                        path.display(),
+                        s.path.display(),
+                        path.display()
+                    )));
+                }
+                baseline::read(path).map(Arc::new).map_err(RunError::Fail)
+            })
+            .clone()
+    }
+
+    /// Why the baseline at `path` has nothing to compare with `backend`'s
+    /// `strategy` run of variant `v` here, if it has not: no file, no such
+    /// run in it, or a run recorded on another machine class. Cheap (no
+    /// weights are generated); a baseline that is not one of this scenario
+    /// is left to [`Session::baseline_entry`], which fails on it.
+    pub fn baseline_skip(
+        &self,
+        s: &Scenario,
+        v: usize,
+        path: &Path,
+        backend: BackendId,
+        strategy: &str,
+    ) -> Option<String> {
+        let b = match self.baseline(s, path) {
+            Err(RunError::Skip(why)) => return Some(why),
+            Err(RunError::Fail(_)) => return None,
+            Ok(b) => b,
+        };
+        let label = &s.variants[v].label;
+        let id = backend.to_string();
+        let e = b.entries.iter().find(|e| {
+            e.info.backend == id && e.info.strategy == strategy && &e.info.variant == label
+        });
+        let Some(e) = e else {
+            return Some(format!(
+                "{} has no run of {id}/{strategy} [{label}] (it holds {}): save one with `layerdrift run --save-baseline`",
+                path.display(),
+                b.runs().join(", ")
+            ));
+        };
+        let here = self.backend(backend)?.class();
+        (e.info.class != here).then(|| {
+            format!(
+                "{}: {id}'s run was recorded on machine class `{}`, and here its class is `{here}`: a baseline compares runs of one machine class (save one here)",
+                path.display(),
+                e.info.class
+            )
+        })
+    }
+
+    /// The baseline's run of `backend`/`strategy` for variant `v`: a failure
+    /// when the file is another scenario's or another computation's, a skip
+    /// when it has no such run here (see [`Session::baseline_skip`]).
+    pub fn baseline_entry(
+        &self,
+        s: &Scenario,
+        v: usize,
+        path: &Path,
+        backend: BackendId,
+        strategy: &str,
+    ) -> Result<Arc<Entry>, RunError> {
+        let b = self.baseline(s, path)?;
+        let labels: Vec<&str> = s.variants.iter().map(|x| x.label.as_str()).collect();
+        b.check_scenario(&s.name, &labels).map_err(RunError::Fail)?;
+        let key = self.variant_key(s, v).map_err(RunError::Fail)?;
+        let found = b
+            .entry(&key, &backend.to_string(), strategy)
+            .map_err(RunError::Fail)?
+            .cloned();
+        match (found, self.baseline_skip(s, v, path, backend, strategy)) {
+            (_, Some(why)) => Err(RunError::Skip(why)),
+            (Some(e), None) => Ok(e),
+            (None, None) => Err(RunError::Skip(format!(
+                "{} has no run of {backend}/{strategy}",
+                path.display()
+            ))),
+        }
     }
 
     /// Why `backend` cannot run variant `v` of `s` with `strategy`, if it cannot.

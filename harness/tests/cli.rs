@@ -94,3 +94,109 @@ fn a_bad_environment_variable_stops_the_cli() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown device `tpu`"));
 }
+
+fn scenario(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scenarios")
+        .join(name)
+}
+
+fn tmp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("layerdrift-cli-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+fn layerdrift<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (Option<i32>, String, String) {
+    let out = Command::new(EXE)
+        .args(args)
+        .output()
+        .expect("run layerdrift");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Save a baseline, compare a second run with it (bitwise, the same machine),
+/// review two baselines, and refuse a baseline of another scenario and a
+/// truncated one — each naming the file.
+#[test]
+fn a_baseline_round_trips_and_a_foreign_one_is_refused() {
+    let dir = tmp_dir("baseline");
+    let base = dir.join("small.safetensors");
+    let again = dir.join("again.safetensors");
+    let small = scenario("small-residual-mlp.yaml");
+    let args = |extra: &[&std::ffi::OsStr]| -> Vec<std::ffi::OsString> {
+        let mut v: Vec<std::ffi::OsString> = vec![
+            "run".into(),
+            small.clone().into(),
+            "--backends".into(),
+            "candle".into(),
+            "--summary".into(),
+            "--out".into(),
+            dir.clone().into(),
+        ];
+        v.extend(extra.iter().map(|x| x.to_os_string()));
+        v
+    };
+    let (code, stdout, stderr) = layerdrift(&args(&["--save-baseline".as_ref(), base.as_os_str()]));
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("baseline:"), "{stdout}");
+
+    let (code, stdout, stderr) = layerdrift(&args(&[
+        "--baseline".as_ref(),
+        base.as_os_str(),
+        "--save-baseline".as_ref(),
+        again.as_os_str(),
+    ]));
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    // Every variant of both strategies, on candle and the oracle, bitwise.
+    let vs: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("-vs-baseline ["))
+        .collect();
+    assert_eq!(vs.len(), 2 * 2 * 4, "{stdout}");
+    assert!(
+        vs.iter().all(|l| l.contains("first divergence none")),
+        "{stdout}"
+    );
+
+    let (code, stdout, _) = layerdrift(&[
+        "review".as_ref(),
+        base.as_os_str(),
+        again.as_os_str(),
+        "--out".as_ref(),
+        dir.as_os_str(),
+    ]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains(": unchanged"), "{stdout}");
+    assert!(stdout.contains("bitwise equal at every layer"), "{stdout}");
+
+    // Another scenario's baseline is refused before anything runs.
+    let decoder = scenario("small-decoder.yaml");
+    let (code, _, stderr) = layerdrift(&[
+        "run".as_ref(),
+        decoder.as_os_str(),
+        "--baseline".as_ref(),
+        base.as_os_str(),
+    ]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("small.safetensors")
+            && stderr.contains("recorded from scenario `small-residual-mlp`"),
+        "{stderr}"
+    );
+
+    // A truncated file.
+    let bytes = std::fs::read(&base).expect("baseline");
+    let cut = dir.join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).expect("write");
+    let (code, _, stderr) = layerdrift(&args(&["--baseline".as_ref(), cut.as_os_str()]));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cut.safetensors") && stderr.contains("truncated"),
+        "{stderr}"
+    );
+}

@@ -86,7 +86,7 @@ fn own_doc(s: &Scenario, id: BackendId) -> Result<(serde_yaml::Value, DriftSnaps
     let session = session();
     let own: Vec<Comparison> = comparisons(s, session, id)
         .into_iter()
-        .filter(|c| !c.is_cross())
+        .filter(|c| !c.is_cross() && !c.is_baseline())
         .collect();
     let outcomes: Vec<Outcome> = own
         .iter()

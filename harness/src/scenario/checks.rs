@@ -42,8 +42,8 @@ pub(super) fn checks(
                 );
             }
         };
-        let pairing = match (c.strategies, c.oracle, c.cross) {
-            (Some(pair), None, None) => {
+        let pairing = match (c.strategies, c.oracle, c.cross, c.baseline) {
+            (Some(pair), None, None, None) => {
                 if pair.len() != 2 {
                     v.err(
                         &format!("{at}.strategies"),
@@ -64,22 +64,39 @@ pub(super) fn checks(
                 }
                 Pairing::Strategies(pair[0].clone(), pair[1].clone())
             }
-            (None, Some(s), None) => {
+            (None, Some(s), None, None) => {
                 known_strategy(v, "oracle", &s);
                 Pairing::Oracle(s)
             }
-            (None, None, Some(s)) => {
+            (None, None, Some(s), None) => {
                 known_strategy(v, "cross", &s);
                 Pairing::Cross(s)
+            }
+            (None, None, None, Some(s)) => {
+                known_strategy(v, "baseline", &s);
+                if c.file.is_none() {
+                    v.err(
+                        &at,
+                        "a baseline check needs `file:`, the baseline written by `layerdrift run --save-baseline FILE` (relative to this scenario)",
+                    );
+                }
+                Pairing::Baseline(s)
             }
             _ => {
                 v.err(
                     &at,
-                    "give exactly one of `strategies: [a, b]`, `oracle: <strategy>`, `cross: <strategy>`",
+                    "give exactly one of `strategies: [a, b]`, `oracle: <strategy>`, `cross: <strategy>`, `baseline: <strategy>`",
                 );
                 continue;
             }
         };
+        if c.file.is_some() && !matches!(pairing, Pairing::Baseline(_)) {
+            v.err(
+                &format!("{at}.file"),
+                "`file:` belongs to a baseline check (`baseline: <strategy>`); remove it here",
+            );
+        }
+        let baseline_file = c.file.as_deref().map(|f| v.relative(f));
         for (key, problem) in c.bounds.problems() {
             v.err(&format!("{at}.bounds.{key}"), problem);
         }
@@ -126,6 +143,7 @@ pub(super) fn checks(
             (None, Pairing::Strategies(a, b)) => format!("{a}-vs-{b}"),
             (None, Pairing::Oracle(s)) => format!("{s}-vs-oracle"),
             (None, Pairing::Cross(s)) => format!("{s}-vs"),
+            (None, Pairing::Baseline(s)) => format!("{s}-vs-baseline"),
         };
         let name_at = if c.name.is_some() {
             format!("{at}.name")
@@ -143,6 +161,7 @@ pub(super) fn checks(
             pairing,
             bounds: c.bounds,
             backend_bounds: c.backend_bounds,
+            baseline_file,
         });
     }
 

@@ -100,6 +100,10 @@ pub enum Pairing {
     Oracle(String),
     /// A strategy on every pair of backends.
     Cross(String),
+    /// A strategy on each backend against the same backend and strategy in a
+    /// baseline file (`layerdrift run --save-baseline`): did an upgrade move
+    /// the outputs?
+    Baseline(String),
 }
 
 /// One check of a scenario: a pairing and its bounds.
@@ -115,6 +119,9 @@ pub struct Check {
     pub bounds: Bounds,
     /// Per-backend bounds, by backend name (`candle`) or id (`candle-cpu`).
     pub backend_bounds: BTreeMap<String, Bounds>,
+    /// A baseline check's file (`file:`, relative to the scenario), if given;
+    /// `layerdrift run --baseline FILE` overrides it.
+    pub baseline_file: Option<PathBuf>,
 }
 
 impl Check {

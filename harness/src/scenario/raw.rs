@@ -258,6 +258,8 @@ pub(super) struct RawCheck {
     pub(super) strategies: Option<Vec<String>>,
     pub(super) oracle: Option<String>,
     pub(super) cross: Option<String>,
+    pub(super) baseline: Option<String>,
+    pub(super) file: Option<std::path::PathBuf>,
     #[serde(default)]
     pub(super) bounds: Bounds,
     #[serde(default)]

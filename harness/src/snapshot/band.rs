@@ -68,16 +68,22 @@ pub fn read(path: &Path) -> Result<Vec<SnapComparison>, String> {
 }
 
 /// The numbers of one layer line (`  3: mean max rms rel ulps equal%`).
-#[derive(Clone, Copy, Debug)]
-struct Line {
-    mean: f64,
-    max: f64,
-    rms: f64,
-    equal: f64,
-    non_finite: bool,
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Line {
+    /// Mean |Δ|.
+    pub mean: f64,
+    /// Max |Δ|.
+    pub max: f64,
+    /// RMS of Δ.
+    pub rms: f64,
+    /// Share of bitwise-equal elements, in percent.
+    pub equal: f64,
+    /// Whether the layer held NaN or Inf.
+    pub non_finite: bool,
 }
 
-fn parse_line(s: &str) -> Option<Line> {
+/// Reads one layer line of a snapshot; `None` when it is not one.
+pub fn parse_line(s: &str) -> Option<Line> {
     let (_, rest) = s.split_once(':')?;
     let f: Vec<&str> = rest.split_whitespace().collect();
     let num = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok());
