@@ -21,9 +21,9 @@ const LIBRARIES: [(&str, &str); 8] = [
     ("tch", "LD_VERSION_TCH"),
 ];
 
-/// The libtorch tch 0.24 is built for (torch-sys 0.24.0's `TORCH_VERSION`),
+/// The libtorch tch 0.26 is built for (torch-sys 0.26.0's `TORCH_VERSION`),
 /// reported when the wheel's own version file cannot be read.
-const LIBTORCH_PINNED: &str = "2.11.0";
+const LIBTORCH_PINNED: &str = "2.13.0";
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -56,7 +56,7 @@ fn main() {
     }
 }
 
-/// `__version__ = '2.11.0+cu130'` from the wheel's `torch/version.py`.
+/// `__version__ = '2.13.0+cu130'` from the wheel's `torch/version.py`.
 fn read_version(path: &Path) -> Option<String> {
     println!("cargo:rerun-if-changed={}", path.display());
     let text = std::fs::read_to_string(path).ok()?;

@@ -106,44 +106,51 @@ fn upload_linear<O: Ops>(
     )
 }
 
-fn run_mlp<O: Ops>(ops: &O, m: &ResidualMlpSpec, req: &RunRequest<'_>) -> OpResult<Checkpoints> {
-    let w = req.weights;
-    let bias = m.norm.has_bias();
-    let layers = (0..m.layers)
-        .map(|l| {
-            Ok(MlpLayer::<O> {
-                n1: upload_norm(ops, w, &format!("layers.{l}.norm1"), bias, req)?,
-                n2: upload_norm(ops, w, &format!("layers.{l}.norm2"), bias, req)?,
-                l1: upload_linear(ops, w, &format!("layers.{l}.linear1"), req)?,
-                l2: upload_linear(ops, w, &format!("layers.{l}.linear2"), req)?,
-            })
-        })
-        .collect::<OpResult<Vec<_>>>()?;
+fn upload_mlp_layer<O: Ops>(
+    ops: &O,
+    m: &ResidualMlpSpec,
+    l: usize,
+    req: &RunRequest<'_>,
+) -> OpResult<MlpLayer<O>> {
+    let (w, bias) = (req.weights, m.norm.has_bias());
+    Ok(MlpLayer::<O> {
+        n1: upload_norm(ops, w, &format!("layers.{l}.norm1"), bias, req)?,
+        n2: upload_norm(ops, w, &format!("layers.{l}.norm2"), bias, req)?,
+        l1: upload_linear(ops, w, &format!("layers.{l}.linear1"), req)?,
+        l2: upload_linear(ops, w, &format!("layers.{l}.linear2"), req)?,
+    })
+}
 
+fn run_mlp<O: Ops>(ops: &O, m: &ResidualMlpSpec, req: &RunRequest<'_>) -> OpResult<Checkpoints> {
     // `full` keeps the input's layout and slices the observed rows;
     // `rows` feeds exactly the observed rows, as `[rows, 1, dim]`.
-    let (input, picks): (HostTensor, Vec<(usize, usize)>) = match req.schedule {
+    let gathered;
+    let (input, picks): (&HostTensor, Vec<(usize, usize)>) = match req.schedule {
         Schedule::Full => (
-            req.input.clone(),
+            req.input,
             req.observed.iter().map(|r| (r.batch, r.pos)).collect(),
         ),
-        Schedule::Rows => (
-            req.input.gather_rows(req.observed),
-            (0..req.observed.len()).map(|i| (i, 0)).collect(),
-        ),
+        Schedule::Rows => {
+            gathered = req.input.gather_rows(req.observed);
+            (&gathered, (0..req.observed.len()).map(|i| (i, 0)).collect())
+        }
         Schedule::Segments(_) => {
             return Err("a KV-cache schedule needs a decoder model, not residual_mlp".into());
         }
     };
-    let mut x = ops.upload(&input, req.dtype)?;
-    drop(input);
+    let mut x = ops.upload(input, req.dtype)?;
     let mut out = Vec::with_capacity(m.layers);
-    for layer in &layers {
+    for l in 0..m.layers {
+        // One layer's weights on the device at a time: a pass uses each layer
+        // once, so the model's weights never sit on the device in full.
+        let layer = upload_mlp_layer(ops, m, l, req)?;
         let block = |x: &O::T| -> OpResult<O::T> {
-            let h = ops.norm(m.norm, x, &layer.n1.0, layer.n1.1.as_ref(), m.eps)?;
-            let h = ops.linear(&h, &layer.l1)?;
-            let h = ops.activation(&h, m.activation)?;
-            let h = ops.linear(&h, &layer.l2)?;
+            // One binding, reassigned: each intermediate is dropped as soon
+            // as the next exists (shadowing would keep all five alive).
+            let mut h = ops.norm(m.norm, x, &layer.n1.0, layer.n1.1.as_ref(), m.eps)?;
+            h = ops.linear(&h, &layer.l1)?;
+            h = ops.activation(&h, m.activation)?;
+            h = ops.linear(&h, &layer.l2)?;
             ops.norm(m.norm, &h, &layer.n2.0, layer.n2.1.as_ref(), m.eps)
         };
         let h = rowwise(ops, req.batch_invariant, &x, &block)?;
@@ -269,25 +276,33 @@ fn attention<O: Ops>(
     }
 }
 
-fn run_decoder<O: Ops>(ops: &O, m: &DecoderSpec, req: &RunRequest<'_>) -> OpResult<Checkpoints> {
-    let w = req.weights;
-    let bias = m.norm.has_bias();
-    let layers = (0..m.layers)
-        .map(|l| {
-            let p = |s: &str| format!("layers.{l}.{s}");
-            Ok(DecoderLayer::<O> {
-                n1: upload_norm(ops, w, &p("norm1"), bias, req)?,
-                q: upload_linear(ops, w, &p("attn.q_proj"), req)?,
-                k: upload_linear(ops, w, &p("attn.k_proj"), req)?,
-                v: upload_linear(ops, w, &p("attn.v_proj"), req)?,
-                o: upload_linear(ops, w, &p("attn.o_proj"), req)?,
-                n2: upload_norm(ops, w, &p("norm2"), bias, req)?,
-                fc1: upload_linear(ops, w, &p("mlp.fc1"), req)?,
-                fc2: upload_linear(ops, w, &p("mlp.fc2"), req)?,
-            })
-        })
-        .collect::<OpResult<Vec<_>>>()?;
+fn upload_decoder_layer<O: Ops>(
+    ops: &O,
+    m: &DecoderSpec,
+    l: usize,
+    req: &RunRequest<'_>,
+) -> OpResult<DecoderLayer<O>> {
+    let (w, bias) = (req.weights, m.norm.has_bias());
+    let p = |s: &str| format!("layers.{l}.{s}");
+    Ok(DecoderLayer::<O> {
+        n1: upload_norm(ops, w, &p("norm1"), bias, req)?,
+        q: upload_linear(ops, w, &p("attn.q_proj"), req)?,
+        k: upload_linear(ops, w, &p("attn.k_proj"), req)?,
+        v: upload_linear(ops, w, &p("attn.v_proj"), req)?,
+        o: upload_linear(ops, w, &p("attn.o_proj"), req)?,
+        n2: upload_norm(ops, w, &p("norm2"), bias, req)?,
+        fc1: upload_linear(ops, w, &p("mlp.fc1"), req)?,
+        fc2: upload_linear(ops, w, &p("mlp.fc2"), req)?,
+    })
+}
 
+/// One segment's constants: its causal mask and rotary tables.
+struct SegmentConsts<O: Ops> {
+    mask: Option<O::T>,
+    rope: Option<(O::T, O::T)>,
+}
+
+fn run_decoder<O: Ops>(ops: &O, m: &DecoderSpec, req: &RunRequest<'_>) -> OpResult<Checkpoints> {
     let seq = req.input.shape[1];
     let segments = match req.schedule {
         Schedule::Full => vec![(0, seq)],
@@ -296,13 +311,14 @@ fn run_decoder<O: Ops>(ops: &O, m: &DecoderSpec, req: &RunRequest<'_>) -> OpResu
     };
     let hd = m.head_dim();
     let scale = 1.0 / (hd as f64).sqrt();
-    let mut caches: Vec<Cache<O>> = (0..m.layers).map(|_| Cache { k: None, v: None }).collect();
     let mut out: Vec<Vec<Option<Vec<f64>>>> = vec![vec![None; req.observed.len()]; m.layers];
 
     let input = ops.upload(req.input, req.dtype)?;
     let inv = req.batch_invariant;
+    let mut consts = Vec::with_capacity(segments.len());
+    let mut xs = Vec::with_capacity(segments.len());
     for &(start, end) in &segments {
-        let seg = ops.narrow(&input, 1, start, end - start)?;
+        xs.push(ops.narrow(&input, 1, start, end - start)?);
         // Batch-invariant attention narrows the keys instead of masking them.
         let mask = causal_mask(start, end)
             .filter(|_| !inv)
@@ -315,10 +331,22 @@ fn run_decoder<O: Ops>(ops: &O, m: &DecoderSpec, req: &RunRequest<'_>) -> OpResu
                 Ok::<_, String>((ops.upload(&c, req.dtype)?, ops.upload(&s, req.dtype)?))
             })
             .transpose()?;
-        let mut x = seg;
-        for (l, layer) in layers.iter().enumerate() {
+        consts.push(SegmentConsts::<O> { mask, rope });
+    }
+    drop(input);
+    // Layer by layer, each layer over every segment in schedule order: the
+    // same ops on the same shapes as segment by segment (a segment's layer
+    // `l` needs only its own layer `l - 1` and the cache of earlier
+    // segments' layer `l`), so the numbers are the same — but only one
+    // layer's weights and one layer's K/V cache are on the device at a time.
+    for l in 0..m.layers {
+        let layer = upload_decoder_layer(ops, m, l, req)?;
+        let mut cache = Cache::<O> { k: None, v: None };
+        for (si, &(start, end)) in segments.iter().enumerate() {
+            let SegmentConsts { mask, rope } = &consts[si];
+            let x = &xs[si];
             let norm1 = |x: &O::T| ops.norm(m.norm, x, &layer.n1.0, layer.n1.1.as_ref(), m.eps);
-            let h = rowwise(ops, inv, &x, &norm1)?;
+            let h = rowwise(ops, inv, x, &norm1)?;
             let proj = |w: &O::Linear| -> OpResult<O::T> {
                 let y = rowwise(ops, inv, &h, &|r: &O::T| ops.linear(r, w))?;
                 split_heads(ops, &y, m.heads)
@@ -326,11 +354,10 @@ fn run_decoder<O: Ops>(ops: &O, m: &DecoderSpec, req: &RunRequest<'_>) -> OpResu
             let mut q = proj(&layer.q)?;
             let mut k = proj(&layer.k)?;
             let v = proj(&layer.v)?;
-            if let Some((c, s)) = &rope {
+            if let Some((c, s)) = rope {
                 q = apply_rope(ops, &q, c, s)?;
                 k = apply_rope(ops, &k, c, s)?;
             }
-            let cache = &mut caches[l];
             let k = match cache.k.take() {
                 Some(prev) => ops.cat(&[prev, k], 2)?,
                 None => k,
@@ -369,11 +396,14 @@ fn run_decoder<O: Ops>(ops: &O, m: &DecoderSpec, req: &RunRequest<'_>) -> OpResu
             } else {
                 attention(ops, m.attention, &q, &k, &v, mask.as_ref(), scale)?
             };
-            cache.k = Some(k);
-            cache.v = Some(v);
+            // The last segment's K/V are never read again.
+            if si + 1 < segments.len() {
+                cache.k = Some(k);
+                cache.v = Some(v);
+            }
             let merged = merge_heads(ops, &att)?;
             let att = rowwise(ops, inv, &merged, &|r: &O::T| ops.linear(r, &layer.o))?;
-            x = ops.add(&x, &att)?;
+            let mut x = ops.add(x, &att)?;
             let mlp = |x: &O::T| -> OpResult<O::T> {
                 let h = ops.norm(m.norm, x, &layer.n2.0, layer.n2.1.as_ref(), m.eps)?;
                 ops.linear(
@@ -392,6 +422,7 @@ fn run_decoder<O: Ops>(ops: &O, m: &DecoderSpec, req: &RunRequest<'_>) -> OpResu
                     )?);
                 }
             }
+            xs[si] = x;
         }
     }
     let layers = out

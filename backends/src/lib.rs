@@ -16,7 +16,7 @@
 //!   backend this build knows, compiled in or not.
 //! - the adapters, one module per library, each behind a cargo feature:
 //!   `candle` (default), `burn` (default: burn's `flex` and `ndarray` CPU
-//!   backends), `tch` (libtorch 2.11.0), plus the always-present f64
+//!   backends), `tch` (libtorch 2.13.0), plus the always-present f64
 //!   [`reference`] oracle.
 //!
 //! Every adapter implements the same small set of tensor operations (the

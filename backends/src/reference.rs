@@ -161,10 +161,12 @@ impl Ops for F64 {
             .upload(b, d)?
             .into_dimensionality()
             .map_err(|e| e.to_string())?;
-        Ok((w.t().to_owned(), b))
+        // Kept as `[out, in]`: `linear` multiplies by its transposed view,
+        // which matrixmultiply reads with strides — no transposed copy.
+        Ok((w, b))
     }
 
-    fn linear(&self, x: &T, (wt, b): &Self::Linear) -> OpResult<T> {
+    fn linear(&self, x: &T, (w, b): &Self::Linear) -> OpResult<T> {
         let shape = x.shape().to_vec();
         let inner = *shape.last().expect("non-scalar");
         let x2 = x
@@ -172,9 +174,9 @@ impl Ops for F64 {
             .into_shape_with_order((x.len() / inner, inner))
             .map_err(|e| e.to_string())?
             .to_owned();
-        let y = x2.dot(wt) + b;
+        let y = x2.dot(&w.t()) + b;
         let mut out_shape = shape;
-        *out_shape.last_mut().expect("non-scalar") = wt.ncols();
+        *out_shape.last_mut().expect("non-scalar") = w.nrows();
         y.into_shape_with_order(IxDyn(&out_shape))
             .map_err(|e| e.to_string())
     }

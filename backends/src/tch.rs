@@ -1,9 +1,9 @@
-//! libtorch adapter (`tch-cpu`, `tch-cuda`) through tch 0.24 (libtorch 2.11.0).
+//! libtorch adapter (`tch-cpu`, `tch-cuda`) through tch 0.26 (libtorch 2.13.0).
 //!
 //! Every op is libtorch's own ATen op, called through tch's fallible `f_*`
 //! bindings: `linear` (`x Wᵀ + b`, weight in PyTorch's `[out, in]` layout),
 //! `layer_norm` (`at::layer_norm`), `rms_norm` (`at::rms_norm`, which libtorch
-//! 2.11 has and tch 0.24 binds), `gelu("none")` / `gelu("tanh")`, `silu`,
+//! 2.13 has and tch 0.26 binds), `gelu("none")` / `gelu("tanh")`, `silu`,
 //! `softmax(-1)`, `matmul`, and for `attention: fused`
 //! `scaled_dot_product_attention` with the additive float mask — the same
 //! kernels `torch.nn.functional` dispatches to.
@@ -36,7 +36,7 @@ pub(crate) fn backends() -> Vec<Box<dyn Backend>> {
 }
 
 /// The version of the libtorch found at build time (`torch/version.py` of the
-/// wheel, e.g. `2.11.0+cu130`), else the one tch 0.24 pins (2.11.0); tch
+/// wheel, e.g. `2.13.0+cu130`), else the one tch 0.26 pins (2.13.0); tch
 /// exposes no run-time query for it. See `backends/build.rs`.
 const LIBTORCH_VERSION: &str = env!("LD_VERSION_LIBTORCH");
 
@@ -514,10 +514,10 @@ mod tests {
         assert_eq!(ids, ["tch-cpu", "tch-cuda"]);
         let info = b[0].info();
         println!("{info:?}");
-        assert!(
-            info.version
-                .starts_with(&format!("tch {} / libtorch 2.11.0", env!("LD_VERSION_TCH")))
-        );
+        assert!(info.version.starts_with(&format!(
+            "tch {} / libtorch {LIBTORCH_VERSION}",
+            env!("LD_VERSION_TCH")
+        )));
         assert!(b[0].available().is_ok());
         println!("tch-cuda available: {:?}", b[1].available());
     }

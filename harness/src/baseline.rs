@@ -150,23 +150,30 @@ pub struct Baseline {
     pub entries: Vec<Arc<Entry>>,
 }
 
-/// FNV-1a over the f32 bits of every weight (in name order) and the input:
-/// a baseline of other weights or another input is refused.
-pub fn data_hash(weights: &Weights, input: &HostTensor) -> String {
-    let mut h: u64 = Checkpoints::FNV_OFFSET;
-    let mut eat = |xs: &[f32], shape: &[usize]| {
-        for d in shape {
-            h = (h ^ *d as u64).wrapping_mul(0x100_0000_01B3);
-        }
-        for x in xs {
-            h = (h ^ u64::from(x.to_bits())).wrapping_mul(0x100_0000_01B3);
-        }
-    };
-    for (_, t) in weights.iter() {
-        eat(&t.data, &t.shape);
+fn fnv_f32(mut h: u64, xs: &[f32], shape: &[usize]) -> u64 {
+    for d in shape {
+        h = (h ^ *d as u64).wrapping_mul(0x100_0000_01B3);
     }
-    eat(&input.data, &input.shape);
-    format!("{h:016x}")
+    for x in xs {
+        h = (h ^ u64::from(x.to_bits())).wrapping_mul(0x100_0000_01B3);
+    }
+    h
+}
+
+/// The FNV-1a state after the shapes and f32 bits of every weight, in name
+/// order; [`data_hash`] continues it over the input. Variants of one model
+/// share it, so it is computed once per model.
+pub fn weights_state(weights: &Weights) -> u64 {
+    weights.iter().fold(Checkpoints::FNV_OFFSET, |h, (_, t)| {
+        fnv_f32(h, &t.data, &t.shape)
+    })
+}
+
+/// FNV-1a over the weights (from their [`weights_state`]) and the input's
+/// shape and f32 bits: what makes a baseline of other weights or another
+/// input refused.
+pub fn data_hash(weights_state: u64, input: &HostTensor) -> String {
+    format!("{:016x}", fnv_f32(weights_state, &input.data, &input.shape))
 }
 
 fn exact_in_f32(xs: &[f64]) -> bool {

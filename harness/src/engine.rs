@@ -446,8 +446,20 @@ pub fn run_scenario(
             }
         }
     }
+    // Runs grouped by input (stable: backends keep their order within a
+    // group), and each input forgotten after its group's last run, so one
+    // input at a time is in memory.
+    needed.sort_by_key(|(_, v)| {
+        let key = Session::input_key(s, *v);
+        (0..s.variants.len())
+            .position(|i| Session::input_key(s, i) == key)
+            .unwrap_or(*v)
+    });
     let mut runs = Vec::new();
     for (k, (side, v)) in needed.iter().enumerate() {
+        let later = needed[k + 1..]
+            .iter()
+            .any(|(_, w)| Session::input_key(s, *w) == Session::input_key(s, *v));
         let label = &s.variants[*v].label;
         progress(k, needed.len(), side, label);
         let mut r = RunRecord {
@@ -463,6 +475,17 @@ pub fn run_scenario(
             Err(RunError::Fail(why)) => r.failed = Some(why),
         }
         runs.push(r);
+        if !later {
+            // A baseline comparison identifies the variant by a hash of its
+            // input: take it while the input is here.
+            if s.checks
+                .iter()
+                .any(|c| matches!(c.pairing, Pairing::Baseline(_)))
+            {
+                let _ = session.variant_key(s, *v);
+            }
+            session.release_input(s, *v);
+        }
     }
     let mut outcomes = Vec::new();
     let mut errors = Vec::new();

@@ -143,6 +143,8 @@ pub enum Verdict {
     Within(f64),
     /// Moved by more than the tolerance somewhere.
     Moved,
+    /// No number moved, but comparisons were added or removed.
+    Reshaped,
     /// Nothing recorded before (a new snapshot).
     New,
 }
@@ -171,6 +173,9 @@ impl Review {
                 100.0 * x
             ),
             Verdict::Moved => "MOVED".into(),
+            Verdict::Reshaped => {
+                "numbers unchanged; comparisons added or removed (see below)".into()
+            }
             Verdict::New => "new (nothing recorded before)".into(),
         }
     }
@@ -243,8 +248,14 @@ pub fn review(title: &str, old: &[Profile], new: &[Profile], tolerance: f64) -> 
                 }
             }
             if a.equal != b.equal {
+                // From or to bitwise equality is the largest move there is.
+                let r = if a.equal == 100.0 || b.equal == 100.0 {
+                    f64::INFINITY
+                } else {
+                    rel(a.equal, b.equal)
+                };
                 moves.push((
-                    f64::INFINITY,
+                    r,
                     format!(
                         "{k} layer {}: bitwise-equal share {:.1}% → {:.1}%",
                         i + 1,
@@ -293,9 +304,14 @@ pub fn review(title: &str, old: &[Profile], new: &[Profile], tolerance: f64) -> 
     }
     moves.sort_by(|a, b| b.0.total_cmp(&a.0));
     let largest = moves.first().map_or(0.0, |m| m.0);
-    let verdict = if moves.is_empty() && !structural && details.is_empty() {
-        Verdict::Unchanged
-    } else if largest <= tolerance && !structural {
+    let diverged = details.iter().any(|d| d.contains("first divergence"));
+    let verdict = if moves.is_empty() && !diverged {
+        if structural {
+            Verdict::Reshaped
+        } else {
+            Verdict::Unchanged
+        }
+    } else if largest <= tolerance && !diverged {
         Verdict::Within(largest)
     } else {
         Verdict::Moved

@@ -13,8 +13,8 @@ use std::path::Path;
 
 use layerdrift_backends::weights::read_safetensors;
 use layerdrift_backends::{
-    Backend, BackendError, BackendId, BackendInfo, Checkpoints, HostTensor, RunRequest, Weights,
-    generate_input,
+    Backend, BackendError, BackendId, BackendInfo, Checkpoints, HostTensor, ModelSpec, RunRequest,
+    Weights, generate_input,
 };
 
 use crate::baseline::{self, Baseline, Entry, VariantKey};
@@ -64,6 +64,7 @@ pub struct Session {
     probes: Memo<Option<(String, String)>>,
     baselines: Memo<Result<Arc<Baseline>, RunError>>,
     keys: Memo<Result<VariantKey, String>>,
+    hashes: Memo<Result<u64, String>>,
     /// One backend run at a time: runs are multi-threaded already, and a GPU
     /// must not run two heavy trials at once.
     gate: Mutex<()>,
@@ -100,6 +101,7 @@ impl Session {
             probes: Mutex::default(),
             baselines: Mutex::default(),
             keys: Mutex::default(),
+            hashes: Mutex::default(),
             gate: Mutex::new(()),
         }
     }
@@ -149,15 +151,11 @@ impl Session {
             .collect()
     }
 
-    fn weights(&self, s: &Scenario, v: usize) -> Result<Arc<Weights>, String> {
+    /// Variant `v`'s weights (generated or read once, shared by variants of
+    /// one model shape).
+    pub fn weights(&self, s: &Scenario, v: usize) -> Result<Arc<Weights>, String> {
         let model = &s.variants[v].model;
-        let shapes: Vec<_> = model
-            .parameters()
-            .into_iter()
-            .map(|p| (p.name, p.shape))
-            .collect();
-        let key = format!("{:?}{:?}", s.weights, shapes);
-        slot(&self.weights, key)
+        slot(&self.weights, self.weights_key(s, v))
             .get_or_init(|| {
                 match &s.weights {
                     WeightSource::Init { seed, std } => Ok(Weights::init(model, *seed, *std)),
@@ -168,10 +166,46 @@ impl Session {
             .clone()
     }
 
-    fn input(&self, s: &Scenario, v: usize) -> Result<Arc<HostTensor>, String> {
+    /// The memo key of variant `v`'s weights: their source and shapes.
+    fn weights_key(&self, s: &Scenario, v: usize) -> String {
+        let shapes: Vec<_> = s.variants[v]
+            .model
+            .parameters()
+            .into_iter()
+            .map(|p| (p.name, p.shape))
+            .collect();
+        format!("{:?}{:?}", s.weights, shapes)
+    }
+
+    /// The memo key of variant `v`'s input: variants of one input shape
+    /// share it.
+    pub fn input_key(s: &Scenario, v: usize) -> String {
+        let var = &s.variants[v];
+        format!(
+            "{:?}/{}/{}/{}",
+            s.input,
+            var.batch,
+            var.seq,
+            var.model.dim()
+        )
+    }
+
+    /// Forgets variant `v`'s input (a run that needs it again regenerates or
+    /// rereads it): `layerdrift run` calls it once no later run needs it, so
+    /// one input at a time stays in memory.
+    pub fn release_input(&self, s: &Scenario, v: usize) {
+        self.inputs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&Session::input_key(s, v));
+    }
+
+    /// Variant `v`'s `[batch, seq, dim]` input (generated or read once,
+    /// until [`Session::release_input`]).
+    pub fn input(&self, s: &Scenario, v: usize) -> Result<Arc<HostTensor>, String> {
         let var = &s.variants[v];
         let dim = var.model.dim();
-        let key = format!("{:?}/{}/{}/{dim}", s.input, var.batch, var.seq);
+        let key = Session::input_key(s, v);
         slot(&self.inputs, key)
             .get_or_init(|| match &s.input {
                 InputSource::Seed(seed) => {
@@ -207,7 +241,12 @@ impl Session {
         let key = format!("{}#{v}", s.path.display());
         slot(&self.keys, key)
             .get_or_init(|| {
-                let data = baseline::data_hash(&*self.weights(s, v)?, &*self.input(s, v)?);
+                // Variants of one model share weights: hash them once.
+                let wkey = format!("weights {}", self.weights_key(s, v));
+                let w = slot(&self.hashes, wkey)
+                    .get_or_init(|| Ok(baseline::weights_state(&*self.weights(s, v)?)))
+                    .clone()?;
+                let data = baseline::data_hash(w, &*self.input(s, v)?);
                 Ok(VariantKey::new(&s.variants[v], data))
             })
             .clone()
@@ -328,7 +367,15 @@ impl Session {
         backend: BackendId,
         strategy: &str,
     ) -> Result<Arc<Run>, RunError> {
-        let key = format!("{}#{v}#{backend}#{strategy}", s.path.display());
+        // The oracle computes a row-independent model's observed rows alone,
+        // whatever the strategy: one run serves every strategy.
+        let row_independent = !matches!(s.variants[v].model, ModelSpec::Decoder(_));
+        let computed = if backend.is_oracle() && row_independent {
+            "observed rows"
+        } else {
+            strategy
+        };
+        let key = format!("{}#{v}#{backend}#{computed}", s.path.display());
         slot(&self.runs, key)
             .get_or_init(|| self.execute(s, v, backend, strategy))
             .clone()

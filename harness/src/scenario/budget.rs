@@ -6,13 +6,20 @@
 //! value in a file can overflow it):
 //!
 //! ```text
-//! P       = parameters of the model
-//! weights = P × (4 host f32 + 8 oracle f64 + dtype size for the backend's copy)
-//! input   = batch × seq × dim × 4
+//! P       = parameters of the model, L = its layers
+//! weights = P × 4 (the host's f32 copy, shared by every run)
+//!         + P / L × (8 + dtype size)   (one layer at a time on a backend,
+//!                                       or in the oracle's f64)
+//! input   = batch × seq × dim × (4 host + dtype size on the backend)
 //! acts    = 4 live tensors of batch × seq × max(dim, hidden, 3·dim) × dtype size
+//! kv      = decoder only: one layer's K and V, 2 × batch × seq × dim × dtype size
 //! scores  = decoder only: 2 × batch × heads × seq² × dtype size
 //! ckpts   = observed rows × dim × layers × 8 × (strategies + 1)
 //! ```
+//!
+//! Backends get a layer's weights just before the layer and drop them after
+//! it (a decoder runs layer by layer over every segment), so a model's
+//! weights are on the host once and never in full on a backend.
 //!
 //! A scenario whose largest variant exceeds the limit (the machine's
 //! available memory, or `LAYERDRIFT_MEMORY_LIMIT`) is refused at
@@ -69,12 +76,17 @@ pub fn estimate_bytes(
     };
     let p = parameters(model);
     let tokens = f(batch) * f(seq);
-    let weights = p * (4.0 + 8.0 + size);
-    let input = tokens * dim * 4.0;
+    let weights = p * 4.0 + p / layers.max(1.0) * (8.0 + size);
+    let input = tokens * dim * (4.0 + size);
     let acts = 4.0 * tokens * dim.max(hidden).max(3.0 * dim) * size;
+    let kv = if heads > 0.0 {
+        2.0 * tokens * dim * size
+    } else {
+        0.0
+    };
     let scores = 2.0 * f(batch) * heads * f(seq) * f(seq) * size;
     let ckpts = f(observed) * dim * layers * 8.0 * (f(strategies) + 1.0);
-    weights + input + acts + scores + ckpts
+    weights + input + acts + kv + scores + ckpts
 }
 
 /// `1.23 GB`.

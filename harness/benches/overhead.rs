@@ -1,0 +1,205 @@
+//! layerdrift's own cost, per backend: the scenario's backend runs called
+//! directly through the adapter (`Backend::run` on weights and inputs made
+//! beforehand — the library's work and nothing else) against a whole
+//! `layerdrift run` of the same scenario restricted to that backend (weights
+//! and inputs generated, the f64 oracle, comparisons, metrics, bounds),
+//! interleaved, several repetitions. Prints the medians and their ratio.
+//!
+//! ```sh
+//! cargo bench -p layerdrift --bench overhead -- [SCENARIO] [--reps N] [--backends a,b] [--variant LABEL]
+//! ```
+//!
+//! It runs with the dev profile's settings for dependencies when built by
+//! `cargo bench` (the bench profile optimises everything), so compare it
+//! with itself; `layerdrift run` in the README is the dev build.
+
+use std::time::Instant;
+
+use layerdrift::engine::{self, comparisons};
+use layerdrift::scenario::Scenario;
+use layerdrift::session::Session;
+use layerdrift_backends::{BackendId, RunRequest};
+
+struct Args {
+    scenario: String,
+    reps: usize,
+    backends: Vec<String>,
+    variant: Option<String>,
+}
+
+fn args() -> Result<Args, String> {
+    let mut a = Args {
+        scenario: "scenarios/seed-residual-mlp.yaml".into(),
+        reps: 3,
+        backends: Vec::new(),
+        variant: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(x) = it.next() {
+        match x.as_str() {
+            "--bench" => {}
+            "--reps" => {
+                a.reps = it
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| *n > 0)
+                    .ok_or("--reps: a count ≥ 1")?
+            }
+            "--backends" => {
+                a.backends = it
+                    .next()
+                    .ok_or("--backends: names or ids, comma-separated")?
+                    .split(',')
+                    .map(str::to_string)
+                    .collect()
+            }
+            "--variant" => a.variant = Some(it.next().ok_or("--variant: a variant label")?),
+            s if s.starts_with("--") => return Err(format!("unknown flag {s}")),
+            s => a.scenario = s.to_string(),
+        }
+    }
+    Ok(a)
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// The live runs a whole `layerdrift run` of `s` makes on `id`.
+fn runs_of(s: &Scenario, session: &Session, id: BackendId) -> Vec<(String, usize)> {
+    let mut out: Vec<(String, usize)> = Vec::new();
+    for c in comparisons(s, session, id) {
+        for side in [&c.a, &c.b] {
+            if side.backend != id || side.baseline.is_some() {
+                continue;
+            }
+            for v in 0..s.variants.len() {
+                if !out.contains(&(side.strategy.clone(), v)) {
+                    out.push((side.strategy.clone(), v));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The backend alone: every run of `id`, weights and inputs made first.
+fn direct(s: &Scenario, id: BackendId) -> Result<f64, String> {
+    let session = Session::new();
+    let b = session.backend(id).ok_or("no such backend")?.clone();
+    let mut total = 0.0;
+    for (strategy, v) in runs_of(s, &session, id) {
+        let var = &s.variants[v];
+        let (weights, input) = (session.weights(s, v)?, session.input(s, v)?);
+        let schedule = s.strategy(&strategy).ok_or("strategy")?.schedule(var.seq);
+        let req = RunRequest {
+            model: &var.model,
+            weights: &weights,
+            input: &input,
+            dtype: var.dtype,
+            schedule: &schedule,
+            observed: &var.observed,
+            threads: s.threads,
+            batch_invariant: var.batch_invariant,
+        };
+        let t = Instant::now();
+        b.run(&req).map_err(|e| e.to_string())?;
+        total += t.elapsed().as_secs_f64();
+        session.release_input(s, v);
+    }
+    Ok(total)
+}
+
+/// A whole `layerdrift run` of `s` on `id` (and the oracle), from a fresh
+/// session: what the CLI does, without printing.
+fn whole(s: &Scenario, id: BackendId) -> Result<f64, String> {
+    let session = Session::new();
+    let mut s = s.clone();
+    engine::filter_backends(&mut s, &session, &[id.to_string()])?;
+    let t = Instant::now();
+    let report = engine::run_scenario(&s, &session, &mut |_, _, _, _| {});
+    let wall = t.elapsed().as_secs_f64();
+    if report.has_failures() {
+        return Err(format!("{id}: the run failed: {:?}", report.errors));
+    }
+    Ok(wall)
+}
+
+fn main() -> std::process::ExitCode {
+    let a = match args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let session = Session::new();
+    let mut s = match session.load(std::path::Path::new(&a.scenario)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if let Some(label) = &a.variant {
+        s.variants.retain(|v| &v.label == label);
+        if s.variants.is_empty() {
+            eprintln!("error: --variant: no variant `{label}` in {}", a.scenario);
+            return std::process::ExitCode::from(2);
+        }
+    }
+    let ids: Vec<BackendId> = session
+        .scenario_backends(&s)
+        .iter()
+        .filter(|b| b.available().is_ok())
+        .map(|b| b.id())
+        .filter(|id| a.backends.is_empty() || a.backends.iter().any(|o| id.matches(o)))
+        .collect();
+    println!(
+        "overhead: {} ({} variant(s)), {} repetition(s), backends {}",
+        s.name,
+        s.variants.len(),
+        a.reps,
+        ids.iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut times: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); ids.len()];
+    for rep in 0..a.reps {
+        // Interleaved: every backend, both ways, each repetition.
+        for (i, id) in ids.iter().enumerate() {
+            let d = direct(&s, *id);
+            let w = whole(&s, *id);
+            match (d, w) {
+                (Ok(d), Ok(w)) => {
+                    println!(
+                        "  rep {rep} {id:<18} direct {d:>8.3} s   layerdrift run {w:>8.3} s   ×{:.3}",
+                        w / d
+                    );
+                    times[i].0.push(d);
+                    times[i].1.push(w);
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("error: {id}: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            }
+        }
+    }
+    println!("\nmedians ({} repetitions):", a.reps);
+    println!(
+        "  {:<18} {:>10} {:>16} {:>8}",
+        "backend", "direct", "layerdrift run", "ratio"
+    );
+    for (id, (d, w)) in ids.iter().zip(times) {
+        let (d, w) = (median(d), median(w));
+        println!(
+            "  {:<18} {d:>9.3}s {w:>15.3}s {:>8.3}",
+            id.to_string(),
+            w / d
+        );
+    }
+    std::process::ExitCode::SUCCESS
+}
