@@ -339,7 +339,7 @@ fn run_decoder<O: Ops>(ops: &O, m: &DecoderSpec, req: &RunRequest<'_>) -> OpResu
     // `l` needs only its own layer `l - 1` and the cache of earlier
     // segments' layer `l`), so the numbers are the same — but only one
     // layer's weights and one layer's K/V cache are on the device at a time.
-    for l in 0..m.layers {
+    for (l, rows_out) in out.iter_mut().enumerate() {
         let layer = upload_decoder_layer(ops, m, l, req)?;
         let mut cache = Cache::<O> { k: None, v: None };
         for (si, &(start, end)) in segments.iter().enumerate() {
@@ -415,7 +415,7 @@ fn run_decoder<O: Ops>(ops: &O, m: &DecoderSpec, req: &RunRequest<'_>) -> OpResu
             x = ops.add(&x, &h)?;
             for (i, r) in req.observed.iter().enumerate() {
                 if (start..end).contains(&r.pos) {
-                    out[l][i] = Some(take_rows(
+                    rows_out[i] = Some(take_rows(
                         ops,
                         &x,
                         std::iter::once((r.batch, r.pos - start)),

@@ -5,6 +5,9 @@
 //! releases) or on the platform libm: xoshiro256++ seeded through splitmix64,
 //! Box–Muller in f64 with the pure-Rust `libm`, rounded to f32.
 
+/// 2^-26: below it libm's `sin` and `sincos` may round differently.
+const TINY: f64 = 1.0 / (1u64 << 26) as f64;
+
 /// xoshiro256++ with a Box–Muller normal sampler.
 pub(crate) struct NormalRng {
     s: [u64; 4],
@@ -65,8 +68,14 @@ impl NormalRng {
         }
         let r = libm::sqrt(-2.0 * libm::log(self.uniform()));
         let theta = 2.0 * std::f64::consts::PI * self.uniform();
-        self.spare = Some(r * libm::sin(theta));
-        r * libm::cos(theta)
+        // One argument reduction for both. libm's `sincos` shares `sin`'s and
+        // `cos`'s code paths bit for bit except that for 2^-27·√2 ≤ |x| < 2^-26
+        // `sin` returns x where `sincos` evaluates its polynomial: there,
+        // `sin` itself (pinned by `pinned_values` and every snapshot).
+        let (sin, cos) = libm::sincos(theta);
+        let sin = if theta < TINY { libm::sin(theta) } else { sin };
+        self.spare = Some(r * sin);
+        r * cos
     }
 
     /// `n` samples of N(0, std²), rounded to f32.
@@ -96,6 +105,22 @@ mod tests {
         let var = xs.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
         assert!(mean.abs() < 0.01, "mean {mean}");
         assert!((var - 1.0).abs() < 0.02, "var {var}");
+    }
+
+    #[test]
+    fn sincos_is_sin_and_cos_bit_for_bit() {
+        // Around the thresholds where libm's three functions branch, and a
+        // sweep of the sampler's range (0, 2π].
+        let mut xs: Vec<f64> = vec![
+            1e-300, 1e-17, 7e-16, 1.05e-8, 1.053e-8, 1.49e-8, TINY, 1.5e-8,
+        ];
+        xs.extend((1..=200_000).map(|i| i as f64 * std::f64::consts::TAU / 200_000.0));
+        for x in xs {
+            let (s, c) = libm::sincos(x);
+            let s = if x < TINY { libm::sin(x) } else { s };
+            assert_eq!(s.to_bits(), libm::sin(x).to_bits(), "sin {x:e}");
+            assert_eq!(c.to_bits(), libm::cos(x).to_bits(), "cos {x:e}");
+        }
     }
 
     #[test]

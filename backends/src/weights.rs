@@ -81,20 +81,45 @@ impl Weights {
     /// The seed's initialisation: linear weights ~ N(0, std²), norm weights 1,
     /// biases 0. Each parameter has its own random stream derived from `seed`
     /// and its name, so adding layers leaves the existing ones unchanged.
+    ///
+    /// The streams are independent, so parameters are generated on every
+    /// core at once (the same bits as one after another: each value depends
+    /// only on its parameter's name and position).
     pub fn init(model: &ModelSpec, seed: u64, std: f64) -> Weights {
-        let tensors = model
-            .parameters()
-            .into_iter()
-            .map(|p| {
-                let n = p.shape.iter().product();
-                let data = match p.init {
-                    ParamInit::Ones => vec![1.0; n],
-                    ParamInit::Zeros => vec![0.0; n],
-                    ParamInit::Normal => NormalRng::new(seed, fnv1a(&p.name)).fill(n, std),
-                };
-                (p.name, HostTensor::new(p.shape, data))
-            })
-            .collect();
+        let params = model.parameters();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let make = |p: &crate::model::ParamSpec| {
+            let n = p.shape.iter().product();
+            let data = match p.init {
+                ParamInit::Ones => vec![1.0; n],
+                ParamInit::Zeros => vec![0.0; n],
+                ParamInit::Normal => NormalRng::new(seed, fnv1a(&p.name)).fill(n, std),
+            };
+            (p.name.clone(), HostTensor::new(p.shape.clone(), data))
+        };
+        // Each worker takes the next parameter not yet taken, so the large
+        // matrices spread over the workers whatever the parameter order.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let tensors = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    let (params, make, next) = (&params, &make, &next);
+                    scope.spawn(move || {
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(p) = params.get(i) else { break };
+                            done.push(make(p));
+                        }
+                        done
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().expect("weight generation does not panic"))
+                .collect()
+        });
         Weights { tensors }
     }
 

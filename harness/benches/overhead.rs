@@ -113,7 +113,7 @@ fn direct(s: &Scenario, id: BackendId) -> Result<f64, String> {
 
 /// A whole `layerdrift run` of `s` on `id` (and the oracle), from a fresh
 /// session: what the CLI does, without printing.
-fn whole(s: &Scenario, id: BackendId) -> Result<f64, String> {
+fn whole(s: &Scenario, id: BackendId) -> Result<Whole, String> {
     let session = Session::new();
     let mut s = s.clone();
     engine::filter_backends(&mut s, &session, &[id.to_string()])?;
@@ -123,7 +123,38 @@ fn whole(s: &Scenario, id: BackendId) -> Result<f64, String> {
     if report.has_failures() {
         return Err(format!("{id}: the run failed: {:?}", report.errors));
     }
-    Ok(wall)
+    // The backend's own runs inside the whole run, and the oracle's.
+    let sum = |who: BackendId| {
+        // A memoised run (the oracle's one run for every strategy of a
+        // row-independent model) reports the same wall time again: once.
+        let mut seen = Vec::new();
+        report
+            .runs
+            .iter()
+            .filter(|r| r.side.backend == who)
+            .filter_map(|r| r.wall_ms.map(|ms| (r.variant.clone(), ms.to_bits())))
+            .filter(|k| {
+                let new = !seen.contains(k);
+                seen.push(k.clone());
+                new
+            })
+            .map(|(_, ms)| f64::from_bits(ms))
+            .sum::<f64>()
+            / 1e3
+    };
+    Ok(Whole {
+        wall,
+        backend: sum(id),
+        oracle: sum(BackendId::ORACLE),
+    })
+}
+
+/// A whole run's wall time, and the parts its backend's and the oracle's
+/// runs took.
+struct Whole {
+    wall: f64,
+    backend: f64,
+    oracle: f64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -135,7 +166,15 @@ fn main() -> std::process::ExitCode {
         }
     };
     let session = Session::new();
-    let mut s = match session.load(std::path::Path::new(&a.scenario)) {
+    // `cargo bench` runs in the package's folder: a relative path is taken
+    // from the workspace root, as the README writes it.
+    let path = std::path::Path::new(&a.scenario);
+    let path = if path.is_relative() && !path.exists() {
+        layerdrift::workspace::root().join(path)
+    } else {
+        path.to_path_buf()
+    };
+    let mut s = match session.load(&path) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
@@ -166,6 +205,29 @@ fn main() -> std::process::ExitCode {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    // What generating the scenario's data costs (layerdrift's work, inside
+    // every whole run; the direct runs get it for free).
+    {
+        let fresh = Session::new();
+        let t = Instant::now();
+        let _ = fresh.weights(&s, 0);
+        let w = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let mut seen = Vec::new();
+        for v in 0..s.variants.len() {
+            let key = Session::input_key(&s, v);
+            if !seen.contains(&key) {
+                let _ = fresh.input(&s, v);
+                fresh.release_input(&s, v);
+                seen.push(key);
+            }
+        }
+        println!(
+            "  data: weights {w:.3} s, {} input(s) {:.3} s",
+            seen.len(),
+            t.elapsed().as_secs_f64()
+        );
+    }
     let mut times: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); ids.len()];
     for rep in 0..a.reps {
         // Interleaved: every backend, both ways, each repetition.
@@ -175,11 +237,15 @@ fn main() -> std::process::ExitCode {
             match (d, w) {
                 (Ok(d), Ok(w)) => {
                     println!(
-                        "  rep {rep} {id:<18} direct {d:>8.3} s   layerdrift run {w:>8.3} s   ×{:.3}",
-                        w / d
+                        "  rep {rep} {id:<18} direct {d:>8.3} s   layerdrift run {:>8.3} s   ×{:.3}   (inside it: {id} {:.3} s, oracle {:.3} s, the rest {:.3} s)",
+                        w.wall,
+                        w.wall / d,
+                        w.backend,
+                        w.oracle,
+                        w.wall - w.backend - w.oracle
                     );
                     times[i].0.push(d);
-                    times[i].1.push(w);
+                    times[i].1.push(w.wall);
                 }
                 (Err(e), _) | (_, Err(e)) => {
                     eprintln!("error: {id}: {e}");
