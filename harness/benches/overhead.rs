@@ -228,7 +228,11 @@ fn main() -> std::process::ExitCode {
             t.elapsed().as_secs_f64()
         );
     }
-    let mut times: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); ids.len()];
+    // Per backend: direct walls, whole walls, whole wall / the backend's own
+    // runs inside it (layerdrift's share, free of the machine's drift
+    // between the two measurements).
+    let mut times: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> =
+        vec![(Vec::new(), Vec::new(), Vec::new()); ids.len()];
     for rep in 0..a.reps {
         // Interleaved: every backend, both ways, each repetition.
         for (i, id) in ids.iter().enumerate() {
@@ -246,6 +250,7 @@ fn main() -> std::process::ExitCode {
                     );
                     times[i].0.push(d);
                     times[i].1.push(w.wall);
+                    times[i].2.push(w.wall / w.backend);
                 }
                 (Err(e), _) | (_, Err(e)) => {
                     eprintln!("error: {id}: {e}");
@@ -256,13 +261,13 @@ fn main() -> std::process::ExitCode {
     }
     println!("\nmedians ({} repetitions):", a.reps);
     println!(
-        "  {:<18} {:>10} {:>16} {:>8}",
-        "backend", "direct", "layerdrift run", "ratio"
+        "  {:<18} {:>10} {:>16} {:>8} {:>22}",
+        "backend", "direct", "layerdrift run", "ratio", "run / its backend part"
     );
-    for (id, (d, w)) in ids.iter().zip(times) {
-        let (d, w) = (median(d), median(w));
+    for (id, (d, w, own)) in ids.iter().zip(times) {
+        let (d, w, own) = (median(d), median(w), median(own));
         println!(
-            "  {:<18} {d:>9.3}s {w:>15.3}s {:>8.3}",
+            "  {:<18} {d:>9.3}s {w:>15.3}s {:>8.3} {own:>22.3}",
             id.to_string(),
             w / d
         );

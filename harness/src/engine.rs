@@ -482,7 +482,11 @@ pub fn run_scenario(
                 .iter()
                 .any(|c| matches!(c.pairing, Pairing::Baseline(_)))
             {
-                let _ = session.variant_key(s, *v);
+                // Every variant of this input, not only this run's.
+                let key = Session::input_key(s, *v);
+                for w in (0..s.variants.len()).filter(|w| Session::input_key(s, *w) == key) {
+                    let _ = session.variant_key(s, w);
+                }
             }
             session.release_input(s, *v);
         }
