@@ -18,7 +18,7 @@ use std::time::Instant;
 use layerdrift::engine::{self, comparisons};
 use layerdrift::scenario::Scenario;
 use layerdrift::session::Session;
-use layerdrift_backends::{BackendId, RunRequest};
+use layerdrift_backends::BackendId;
 
 struct Args {
     scenario: String,
@@ -90,22 +90,14 @@ fn direct(s: &Scenario, id: BackendId) -> Result<f64, String> {
     let b = session.backend(id).ok_or("no such backend")?.clone();
     let mut total = 0.0;
     for (strategy, v) in runs_of(s, &session, id) {
-        let var = &s.variants[v];
-        let (weights, input) = (session.weights(s, v)?, session.input(s, v)?);
-        let schedule = s.strategy(&strategy).ok_or("strategy")?.schedule(var.seq);
-        let req = RunRequest {
-            model: &var.model,
-            weights: &weights,
-            input: &input,
-            dtype: var.dtype,
-            schedule: &schedule,
-            observed: &var.observed,
-            threads: s.threads,
-            batch_invariant: var.batch_invariant,
-        };
-        let t = Instant::now();
-        b.run(&req).map_err(|e| e.to_string())?;
-        total += t.elapsed().as_secs_f64();
+        let wall = session
+            .with_request(s, v, &strategy, |req| {
+                let t = Instant::now();
+                b.run(req).map(|_| t.elapsed().as_secs_f64())
+            })
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        total += wall;
         session.release_input(s, v);
     }
     Ok(total)

@@ -381,6 +381,36 @@ impl Session {
             .clone()
     }
 
+    /// Variant `v`'s request for `strategy` — its model, the memoised
+    /// weights and input, the schedule, the observed rows, the threads —
+    /// handed to `f`: what a run of it computes, for [`Session::run`] and
+    /// for code that calls a backend directly (the overhead bench).
+    pub fn with_request<R>(
+        &self,
+        s: &Scenario,
+        v: usize,
+        strategy: &str,
+        f: impl FnOnce(&RunRequest<'_>) -> R,
+    ) -> Result<R, RunError> {
+        let var = &s.variants[v];
+        let st = s
+            .strategy(strategy)
+            .ok_or_else(|| RunError::Fail(format!("no strategy `{strategy}`")))?;
+        let weights = self.weights(s, v).map_err(RunError::Fail)?;
+        let input = self.input(s, v).map_err(RunError::Fail)?;
+        let schedule = st.schedule(var.seq);
+        Ok(f(&RunRequest {
+            model: &var.model,
+            weights: &weights,
+            input: &input,
+            dtype: var.dtype,
+            schedule: &schedule,
+            observed: &var.observed,
+            threads: s.threads,
+            batch_invariant: var.batch_invariant,
+        }))
+    }
+
     fn execute(
         &self,
         s: &Scenario,
@@ -391,33 +421,18 @@ impl Session {
         let b = self
             .backend(backend)
             .ok_or_else(|| RunError::Skip(format!("no backend `{backend}` in this build")))?;
-        let var = &s.variants[v];
-        let st = s
-            .strategy(strategy)
-            .ok_or_else(|| RunError::Fail(format!("no strategy `{strategy}`")))?;
-        let weights = self.weights(s, v).map_err(RunError::Fail)?;
-        let input = self.input(s, v).map_err(RunError::Fail)?;
-        let schedule = st.schedule(var.seq);
-        let req = RunRequest {
-            model: &var.model,
-            weights: &weights,
-            input: &input,
-            dtype: var.dtype,
-            schedule: &schedule,
-            observed: &var.observed,
-            threads: s.threads,
-            batch_invariant: var.batch_invariant,
-        };
-        b.check(&req).map_err(to_run_error)?;
-        let _guard = self.gate.lock().unwrap_or_else(|e| e.into_inner());
-        let start = Instant::now();
-        let checkpoints = b.run(&req).map_err(to_run_error)?;
-        let wall = start.elapsed();
-        Ok(Arc::new(Run {
-            checkpoints,
-            wall,
-            info: b.info(),
-        }))
+        self.with_request(s, v, strategy, |req| {
+            b.check(req).map_err(to_run_error)?;
+            let _guard = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+            let start = Instant::now();
+            let checkpoints = b.run(req).map_err(to_run_error)?;
+            let wall = start.elapsed();
+            Ok(Arc::new(Run {
+                checkpoints,
+                wall,
+                info: b.info(),
+            }))
+        })?
     }
 }
 
