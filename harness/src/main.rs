@@ -265,6 +265,19 @@ fn summary(report: &ScenarioReport) {
     );
     for o in &report.outcomes {
         let c = &o.comparison;
+        // A comparison skipped on every variant for one reason: one line.
+        let reasons: Vec<Option<&str>> = o.variants.iter().map(|v| v.skipped.as_deref()).collect();
+        if let Some(Some(why)) = reasons.first()
+            && reasons.iter().all(|r| r == &Some(*why))
+        {
+            println!(
+                "  skip  {}/{} [all {} variants]: {why}",
+                c.a.backend,
+                c.name,
+                reasons.len()
+            );
+            continue;
+        }
         for v in &o.variants {
             let name = format!("{}/{} [{}]", c.a.backend, c.name, v.variant);
             let Some(p) = &v.profile else {

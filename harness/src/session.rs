@@ -295,8 +295,17 @@ impl Session {
             e.info.backend == id && e.info.strategy == strategy && &e.info.variant == label
         });
         let Some(e) = e else {
+            let any = b
+                .entries
+                .iter()
+                .any(|e| e.info.backend == id && e.info.strategy == strategy);
+            let which = if any {
+                format!("{id}/{strategy} [{label}]")
+            } else {
+                format!("{id}/{strategy}")
+            };
             return Some(format!(
-                "{} has no run of {id}/{strategy} [{label}] (it holds {}): save one with `layerdrift run --save-baseline`",
+                "{} has no run of {which} (it holds {}): save one with `layerdrift run --save-baseline`",
                 path.display(),
                 b.runs().join(", ")
             ));
