@@ -6,12 +6,14 @@
 //! interleaved, several repetitions. Prints the medians and their ratio.
 //!
 //! ```sh
-//! cargo bench -p layerdrift --bench overhead -- [SCENARIO] [--reps N] [--backends a,b] [--variant LABEL]
+//! cargo bench -p layerdrift --bench overhead --features tch --profile dev -- \
+//!     [SCENARIO] [--reps N] [--backends a,b] [--variant LABEL]
 //! ```
 //!
-//! It runs with the dev profile's settings for dependencies when built by
-//! `cargo bench` (the bench profile optimises everything), so compare it
-//! with itself; `layerdrift run` in the README is the dev build.
+//! `--profile dev` measures the build users run (`cargo layerdrift run`:
+//! dependencies optimised, our crates not); without it `cargo bench`
+//! compiles everything in release first. Relative scenario paths are taken
+//! from the workspace root.
 
 use std::time::Instant;
 
