@@ -395,9 +395,16 @@ impl Baseline {
                 key.label
             ));
         }
-        Ok(self.entries.iter().find(|e| {
-            e.info.backend == backend && e.info.strategy == strategy && e.info.variant == key.label
-        }))
+        Ok(self.run_of(backend, strategy, &key.label))
+    }
+
+    /// The run of `backend`/`strategy` on the variant labelled `label`, if
+    /// the baseline holds one (no check that it is the same computation:
+    /// see [`Baseline::entry`]).
+    pub fn run_of(&self, backend: &str, strategy: &str, label: &str) -> Option<&Arc<Entry>> {
+        self.entries.iter().find(|e| {
+            e.info.backend == backend && e.info.strategy == strategy && e.info.variant == label
+        })
     }
 
     /// `backend/strategy` of every entry, deduplicated, for messages.

@@ -291,10 +291,7 @@ impl Session {
         };
         let label = &s.variants[v].label;
         let id = backend.to_string();
-        let e = b.entries.iter().find(|e| {
-            e.info.backend == id && e.info.strategy == strategy && &e.info.variant == label
-        });
-        let Some(e) = e else {
+        let Some(e) = b.run_of(&id, strategy, label) else {
             let any = b
                 .entries
                 .iter()
@@ -335,18 +332,20 @@ impl Session {
         let labels: Vec<&str> = s.variants.iter().map(|x| x.label.as_str()).collect();
         b.check_scenario(&s.name, &labels).map_err(RunError::Fail)?;
         let key = self.variant_key(s, v).map_err(RunError::Fail)?;
+        // Another computation fails before a missing run or class skips.
         let found = b
             .entry(&key, &backend.to_string(), strategy)
             .map_err(RunError::Fail)?
             .cloned();
-        match (found, self.baseline_skip(s, v, path, backend, strategy)) {
-            (_, Some(why)) => Err(RunError::Skip(why)),
-            (Some(e), None) => Ok(e),
-            (None, None) => Err(RunError::Skip(format!(
+        if let Some(why) = self.baseline_skip(s, v, path, backend, strategy) {
+            return Err(RunError::Skip(why));
+        }
+        found.ok_or_else(|| {
+            RunError::Skip(format!(
                 "{} has no run of {backend}/{strategy}",
                 path.display()
-            ))),
-        }
+            ))
+        })
     }
 
     /// Why `backend` cannot run variant `v` of `s` with `strategy`, if it cannot.
