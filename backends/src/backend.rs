@@ -14,6 +14,7 @@
 use crate::device::{BackendId, DeviceKind};
 use crate::dtype::DType;
 use crate::model::{AttentionForm, ModelSpec};
+use crate::probe::{ProbePoint, ProbeRequest};
 use crate::request::{Checkpoints, RunRequest, Schedule};
 
 /// Who a backend is: recorded in every snapshot's metadata.
@@ -130,6 +131,17 @@ pub trait Backend: Send + Sync {
 
     /// Runs one request.
     fn run(&self, req: &RunRequest<'_>) -> Result<Checkpoints, BackendError>;
+
+    /// Runs the kernel-dispatch probe ([`crate::probe`]) with this backend's
+    /// ops: one [`ProbePoint`] per row count asked for.
+    fn probe(&self, req: &ProbeRequest) -> Result<Vec<ProbePoint>, BackendError> {
+        self.available().map_err(BackendError::Unavailable)?;
+        let _ = req;
+        Err(BackendError::Unsupported(format!(
+            "{} has no kernel-dispatch probe",
+            self.id()
+        )))
+    }
 
     /// Checks availability and every capability a run of `model` in `dtype`
     /// with `schedule` needs; the error says why it cannot happen here.

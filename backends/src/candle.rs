@@ -12,6 +12,7 @@ use crate::backend::{Backend, BackendError, BackendInfo, Capability};
 use crate::device::{BackendId, DeviceKind};
 use crate::dtype::DType;
 use crate::exec;
+use crate::probe::{self, ProbePoint, ProbeRequest};
 use crate::host::HostTensor;
 use crate::model::{Activation, Norm};
 use crate::ops::{OpResult, Ops};
@@ -113,6 +114,19 @@ impl Backend for Candle {
         };
         exec::run(&ops, &self.id().to_string(), req)
     }
+
+    fn probe(&self, req: &ProbeRequest) -> Result<Vec<ProbePoint>, BackendError> {
+        self.available().map_err(BackendError::Unavailable)?;
+        self.supports(Capability::DType(req.dtype))
+            .map_err(BackendError::Unsupported)?;
+        let ops = CandleOps {
+            device: self.device().map_err(BackendError::Unavailable)?,
+        };
+        probe::run(&ops, req).map_err(|message| BackendError::Library {
+            backend: self.id().to_string(),
+            message,
+        })
+    }
 }
 
 struct CandleOps {
@@ -212,6 +226,13 @@ impl Ops for CandleOps {
 
     fn cat(&self, xs: &[Tensor], dim: usize) -> OpResult<Tensor> {
         Tensor::cat(xs, dim).map_err(e)
+    }
+
+    fn fresh(&self, x: &Tensor) -> OpResult<Tensor> {
+        // `contiguous` returns a contiguous view as it is and `copy` keeps
+        // the layout; `x · 1` is exact and writes a new contiguous buffer.
+        let one = Tensor::ones(1, x.dtype(), x.device()).map_err(e)?;
+        x.broadcast_mul(&one).map_err(e)
     }
 
     fn shape(&self, x: &Tensor) -> Vec<usize> {

@@ -6,9 +6,11 @@
 
 use crate::backend::BackendError;
 use crate::host::HostTensor;
-use crate::model::{AttentionForm, DecoderSpec, ModelSpec, ResidualMlpSpec};
+use crate::model::{AttentionForm, DecoderSpec, ModelSpec, Norm, ResidualMlpSpec};
 use crate::ops::{OpResult, Ops};
-use crate::request::{Checkpoints, Row, RunRequest, Schedule};
+use crate::probe::{self, ProbeOp, ProbeRequest};
+use crate::dtype::DType;
+use crate::request::{Checkpoints, Execution, Row, RunRequest, Schedule};
 use crate::weights::Weights;
 
 /// Runs `req` with `ops`; `backend` names the backend in errors.
@@ -45,7 +47,7 @@ fn take_rows<O: Ops>(
 /// `f` applied to every `[1, 1, width]` row of `x` (`[batch, len, width]`)
 /// alone, the results put back in place. No op inside `f` sees more than one
 /// row, so no row's result can depend on how many rows were computed with it:
-/// batch-invariant execution ([`RunRequest::batch_invariant`]).
+/// [`Execution::BatchInvariant`].
 fn each_row<O: Ops>(ops: &O, x: &O::T, f: &dyn Fn(&O::T) -> OpResult<O::T>) -> OpResult<O::T> {
     let s = ops.shape(x);
     let mut batch = Vec::with_capacity(s[0]);
@@ -60,14 +62,169 @@ fn each_row<O: Ops>(ops: &O, x: &O::T, f: &dyn Fn(&O::T) -> OpResult<O::T>) -> O
     ops.cat(&batch, 0)
 }
 
-/// `f` on the whole of `x`, or on each row alone when `invariant`.
-fn rowwise<O: Ops>(
+/// `[1, rows, width]` zeros in `dtype`.
+fn zeros<O: Ops>(ops: &O, shape: &[usize], dtype: DType) -> OpResult<O::T> {
+    let n = shape.iter().product();
+    ops.upload(&HostTensor::new(shape.to_vec(), vec![0.0; n]), dtype)
+}
+
+/// `x` (`[1, rows, …]`, `rows <= tile`) padded along dim `dim` to `tile`
+/// with the leading entries of `pad`, which holds at least `tile` zeros
+/// along `dim` — always a fresh contiguous tensor ([`Ops::fresh`]).
+fn pad_to<O: Ops>(ops: &O, x: O::T, dim: usize, tile: usize, pad: &O::T) -> OpResult<O::T> {
+    let len = ops.shape(&x)[dim];
+    if len == tile {
+        return ops.fresh(&x);
+    }
+    ops.fresh(&ops.cat(&[x, ops.narrow(pad, dim, 0, tile - len)?], dim)?)
+}
+
+/// How the row-mixing ops of one run are called ([`Execution`]), and the
+/// zeros fixed-shape execution pads its tiles with.
+struct Mode<O: Ops> {
+    execution: Execution,
+    /// Fixed shape: `[1, tile, dim]` zeros.
+    pad: Option<O::T>,
+}
+
+/// The row-mixing ops `model` calls, as probes `(op, width, out, heads)`;
+/// attention over `capacity` keys.
+fn model_probes(model: &ModelSpec, capacity: usize) -> Vec<(ProbeOp, usize, usize, usize)> {
+    let norm = |n: Norm| match n {
+        Norm::LayerNorm => ProbeOp::LayerNorm,
+        Norm::RmsNorm => ProbeOp::RmsNorm,
+    };
+    match model {
+        ModelSpec::ResidualMlp(m) => vec![
+            (norm(m.norm), m.dim, 0, 1),
+            (ProbeOp::Linear, m.dim, m.hidden, 1),
+            (ProbeOp::Linear, m.hidden, m.dim, 1),
+        ],
+        ModelSpec::Decoder(m) => {
+            let att = match m.attention {
+                AttentionForm::Manual => ProbeOp::Attention,
+                AttentionForm::Fused => ProbeOp::FusedAttention,
+            };
+            vec![
+                (norm(m.norm), m.dim, 0, 1),
+                (ProbeOp::Linear, m.dim, m.dim, 1),
+                (ProbeOp::Linear, m.dim, m.hidden, 1),
+                (ProbeOp::Linear, m.hidden, m.dim, 1),
+                (att, m.head_dim(), capacity, m.heads),
+            ]
+        }
+    }
+}
+
+/// Fixed shape keeps its promise only if every row-mixing op gives a row the
+/// same bits wherever it sits in a tile and whatever the other rows hold.
+/// Checked here with the kernel-dispatch probe at `M = tile`, before the
+/// run, so a tile the library cannot honour is an error that says why —
+/// never a run that silently drifts.
+fn check_tile<O: Ops>(
     ops: &O,
-    invariant: bool,
+    req: &RunRequest<'_>,
+    tile: usize,
+    capacity: usize,
+) -> OpResult<()> {
+    for (op, width, out, heads) in model_probes(req.model, capacity) {
+        let p = probe::run(
+            ops,
+            &ProbeRequest {
+                op,
+                width,
+                out,
+                heads,
+                rows: vec![tile],
+                dtype: req.dtype,
+                threads: req.threads,
+            },
+        )?[0];
+        let shape = if out > 0 {
+            format!("{op} {width}→{out}")
+        } else {
+            format!("{op} over {width}")
+        };
+        if p.position_dependent() {
+            return Err(format!(
+                "fixed-shape execution cannot be batch-invariant with a tile of {tile} rows here: the library's {shape} gives one row {} different results at the {tile} positions of a tile (the kernel-dispatch probe); choose a tile whose row count the library computes position-independently",
+                p.positions
+            ));
+        }
+        if p.values_dependent() {
+            return Err(format!(
+                "fixed-shape execution cannot be batch-invariant with a tile of {tile} rows here: the library's {shape} gives a row other results when the other rows of its tile hold other values (the kernel-dispatch probe); choose another tile"
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl<O: Ops> Mode<O> {
+    fn new(ops: &O, req: &RunRequest<'_>, dim: usize, capacity: usize) -> OpResult<Mode<O>> {
+        let pad = match req.execution {
+            Execution::FixedShape { tile: 0 } => {
+                return Err("fixed-shape execution needs a tile of at least one row".into());
+            }
+            Execution::FixedShape { tile } => {
+                check_tile(ops, req, tile, capacity)?;
+                Some(zeros(ops, &[1, tile, dim], req.dtype)?)
+            }
+            _ => None,
+        };
+        Ok(Mode {
+            execution: req.execution,
+            pad,
+        })
+    }
+
+    /// `f` on `x` (`[batch, len, dim]`) as the mode says: on the whole of
+    /// `x`, on each row alone, or on fixed tiles of rows.
+    fn rowwise(
+        &self,
+        ops: &O,
+        x: &O::T,
+        f: &dyn Fn(&O::T) -> OpResult<O::T>,
+    ) -> OpResult<O::T> {
+        match (self.execution, &self.pad) {
+            (Execution::BatchInvariant, _) => each_row(ops, x, f),
+            (Execution::FixedShape { tile }, Some(pad)) => each_tile(ops, x, tile, pad, f),
+            _ => f(x),
+        }
+    }
+}
+
+/// `f` applied to `x` (`[batch, len, dim]`) as `[1, tile, dim]` tiles of its
+/// rows in order, the last tile padded with zero rows from `pad` and the
+/// padding dropped again: every call of `f` sees the same shape, however
+/// many rows `x` has ([`Execution::FixedShape`]).
+fn each_tile<O: Ops>(
+    ops: &O,
     x: &O::T,
+    tile: usize,
+    pad: &O::T,
     f: &dyn Fn(&O::T) -> OpResult<O::T>,
 ) -> OpResult<O::T> {
-    if invariant { each_row(ops, x, f) } else { f(x) }
+    let s = ops.shape(x);
+    let n = s[0] * s[1];
+    let flat = ops.reshape(x, &[1, n, s[2]])?;
+    let mut outs = Vec::with_capacity(n.div_ceil(tile));
+    for start in (0..n).step_by(tile) {
+        let len = tile.min(n - start);
+        let t = pad_to(ops, ops.narrow(&flat, 1, start, len)?, 1, tile, pad)?;
+        let y = f(&t)?;
+        outs.push(if len < tile {
+            ops.narrow(&y, 1, 0, len)?
+        } else {
+            y
+        });
+    }
+    let y = match outs.len() {
+        1 => outs.pop().expect("one tile"),
+        _ => ops.cat(&outs, 1)?,
+    };
+    let width = *ops.shape(&y).last().expect("3-d tensor");
+    ops.reshape(&y, &[s[0], s[1], width])
 }
 
 struct MlpLayer<O: Ops> {
@@ -138,6 +295,7 @@ fn run_mlp<O: Ops>(ops: &O, m: &ResidualMlpSpec, req: &RunRequest<'_>) -> OpResu
             return Err("a KV-cache schedule needs a decoder model, not residual_mlp".into());
         }
     };
+    let mode = Mode::new(ops, req, m.dim, 0)?;
     let mut x = ops.upload(input, req.dtype)?;
     let mut out = Vec::with_capacity(m.layers);
     for l in 0..m.layers {
@@ -153,7 +311,7 @@ fn run_mlp<O: Ops>(ops: &O, m: &ResidualMlpSpec, req: &RunRequest<'_>) -> OpResu
             h = ops.linear(&h, &layer.l2)?;
             ops.norm(m.norm, &h, &layer.n2.0, layer.n2.1.as_ref(), m.eps)
         };
-        let h = rowwise(ops, req.batch_invariant, &x, &block)?;
+        let h = mode.rowwise(ops, &x, &block)?;
         x = if m.residual { ops.add(&x, &h)? } else { h };
         out.push(take_rows(ops, &x, picks.iter().copied())?);
     }
@@ -296,10 +454,79 @@ fn upload_decoder_layer<O: Ops>(
     })
 }
 
-/// One segment's constants: its causal mask and rotary tables.
+/// One segment's constants: its causal mask (fixed shape: one per query
+/// tile) and rotary tables.
 struct SegmentConsts<O: Ops> {
-    mask: Option<O::T>,
+    masks: Vec<O::T>,
     rope: Option<(O::T, O::T)>,
+}
+
+/// The additive masks of fixed-shape attention for queries at `start..end`:
+/// one `[tile, capacity]` mask per tile of `tile` queries, a query at
+/// position `p` seeing keys `0..=p`. A padding row sees key 0 only (its
+/// result is dropped; a row that saw no key would be NaN).
+fn tile_masks(start: usize, end: usize, tile: usize, capacity: usize) -> Vec<HostTensor> {
+    (start..end)
+        .step_by(tile)
+        .map(|t0| {
+            let mut data = Vec::with_capacity(tile * capacity);
+            for i in 0..tile {
+                let p = if t0 + i < end { t0 + i } else { 0 };
+                data.extend((0..capacity).map(|j| if j <= p { 0.0 } else { f32::NEG_INFINITY }));
+            }
+            HostTensor::new(vec![tile, capacity], data)
+        })
+        .collect()
+}
+
+/// Fixed-shape attention ([`Execution::FixedShape`]) of `q` (`[batch,
+/// heads, len, head_dim]`, positions from `start`) over `k`, `v` (`[batch,
+/// heads, end, head_dim]`, positions `0..end`): per batch element, the keys
+/// padded with zeros to `capacity` and the queries taken `tile` at a time
+/// (the last tile padded with zero rows), each tile against the whole
+/// capacity under its mask from [`tile_masks`]. Every call sees
+/// `[1, heads, tile, head_dim]` queries over `[1, heads, capacity, head_dim]`
+/// keys, in prefill, chunked prefill and decode alike; a hidden key's
+/// probability is exactly 0 and its value row exactly 0, so it adds exactly
+/// nothing.
+#[allow(clippy::too_many_arguments)]
+fn fixed_attention<O: Ops>(
+    ops: &O,
+    form: AttentionForm,
+    (q, k, v): (&O::T, &O::T, &O::T),
+    masks: &[O::T],
+    tile: usize,
+    // `[1, heads, max(tile, capacity), head_dim]` zeros.
+    pad: &O::T,
+    capacity: usize,
+    scale: f64,
+) -> OpResult<O::T> {
+    let qs = ops.shape(q);
+    let mut batch = Vec::with_capacity(qs[0]);
+    for b in 0..qs[0] {
+        let kb = pad_to(ops, ops.narrow(k, 0, b, 1)?, 2, capacity, pad)?;
+        let vb = pad_to(ops, ops.narrow(v, 0, b, 1)?, 2, capacity, pad)?;
+        let qb = ops.narrow(q, 0, b, 1)?;
+        let mut tiles = Vec::with_capacity(masks.len());
+        for (t0, mask) in (0..qs[2]).step_by(tile).zip(masks) {
+            let len = tile.min(qs[2] - t0);
+            let qt = pad_to(ops, ops.narrow(&qb, 2, t0, len)?, 2, tile, pad)?;
+            let att = attention(ops, form, &qt, &kb, &vb, Some(mask), scale)?;
+            tiles.push(if len < tile {
+                ops.narrow(&att, 2, 0, len)?
+            } else {
+                att
+            });
+        }
+        batch.push(match tiles.len() {
+            1 => tiles.pop().expect("one tile"),
+            _ => ops.cat(&tiles, 2)?,
+        });
+    }
+    match batch.len() {
+        1 => Ok(batch.pop().expect("one batch element")),
+        _ => ops.cat(&batch, 0),
+    }
 }
 
 fn run_decoder<O: Ops>(ops: &O, m: &DecoderSpec, req: &RunRequest<'_>) -> OpResult<Checkpoints> {
@@ -313,17 +540,33 @@ fn run_decoder<O: Ops>(ops: &O, m: &DecoderSpec, req: &RunRequest<'_>) -> OpResu
     let scale = 1.0 / (hd as f64).sqrt();
     let mut out: Vec<Vec<Option<Vec<f64>>>> = vec![vec![None; req.observed.len()]; m.layers];
 
+    // Fixed shape: every query tile attends over the same key capacity, the
+    // input's whole sequence, whatever the schedule.
+    let capacity = seq;
+    let mode = Mode::new(ops, req, m.dim, capacity)?;
+    let head_pad = match req.execution {
+        Execution::FixedShape { tile } => Some(zeros(
+            ops,
+            &[1, m.heads, tile.max(capacity), hd],
+            req.dtype,
+        )?),
+        _ => None,
+    };
     let input = ops.upload(req.input, req.dtype)?;
-    let inv = req.batch_invariant;
     let mut consts = Vec::with_capacity(segments.len());
     let mut xs = Vec::with_capacity(segments.len());
     for &(start, end) in &segments {
         xs.push(ops.narrow(&input, 1, start, end - start)?);
         // Batch-invariant attention narrows the keys instead of masking them.
-        let mask = causal_mask(start, end)
-            .filter(|_| !inv)
-            .map(|t| ops.upload(&t, req.dtype))
-            .transpose()?;
+        let masks = match req.execution {
+            Execution::Standard => causal_mask(start, end).into_iter().collect(),
+            Execution::BatchInvariant => Vec::new(),
+            Execution::FixedShape { tile } => tile_masks(start, end, tile, capacity),
+        };
+        let masks = masks
+            .iter()
+            .map(|t| ops.upload(t, req.dtype))
+            .collect::<OpResult<Vec<_>>>()?;
         let rope = m
             .rope_theta
             .map(|theta| {
@@ -331,7 +574,7 @@ fn run_decoder<O: Ops>(ops: &O, m: &DecoderSpec, req: &RunRequest<'_>) -> OpResu
                 Ok::<_, String>((ops.upload(&c, req.dtype)?, ops.upload(&s, req.dtype)?))
             })
             .transpose()?;
-        consts.push(SegmentConsts::<O> { mask, rope });
+        consts.push(SegmentConsts::<O> { masks, rope });
     }
     drop(input);
     // Layer by layer, each layer over every segment in schedule order: the
@@ -343,12 +586,12 @@ fn run_decoder<O: Ops>(ops: &O, m: &DecoderSpec, req: &RunRequest<'_>) -> OpResu
         let layer = upload_decoder_layer(ops, m, l, req)?;
         let mut cache = Cache::<O> { k: None, v: None };
         for (si, &(start, end)) in segments.iter().enumerate() {
-            let SegmentConsts { mask, rope } = &consts[si];
+            let SegmentConsts { masks, rope } = &consts[si];
             let x = &xs[si];
             let norm1 = |x: &O::T| ops.norm(m.norm, x, &layer.n1.0, layer.n1.1.as_ref(), m.eps);
-            let h = rowwise(ops, inv, x, &norm1)?;
+            let h = mode.rowwise(ops, x, &norm1)?;
             let proj = |w: &O::Linear| -> OpResult<O::T> {
-                let y = rowwise(ops, inv, &h, &|r: &O::T| ops.linear(r, w))?;
+                let y = mode.rowwise(ops, &h, &|r: &O::T| ops.linear(r, w))?;
                 split_heads(ops, &y, m.heads)
             };
             let mut q = proj(&layer.q)?;
@@ -366,7 +609,8 @@ fn run_decoder<O: Ops>(ops: &O, m: &DecoderSpec, req: &RunRequest<'_>) -> OpResu
                 Some(prev) => ops.cat(&[prev, v], 2)?,
                 None => v,
             };
-            let att = if inv {
+            let att = match (req.execution, &head_pad) {
+                (Execution::BatchInvariant, _) => {
                 // Each query alone, over exactly the keys it may see: the
                 // same shapes whether the position is prefilled or decoded.
                 let qs = ops.shape(&q);
@@ -393,8 +637,18 @@ fn run_decoder<O: Ops>(ops: &O, m: &DecoderSpec, req: &RunRequest<'_>) -> OpResu
                     batch.push(ops.cat(&rows, 2)?);
                 }
                 ops.cat(&batch, 0)?
-            } else {
-                attention(ops, m.attention, &q, &k, &v, mask.as_ref(), scale)?
+                }
+                (Execution::FixedShape { tile }, Some(pad)) => fixed_attention(
+                    ops,
+                    m.attention,
+                    (&q, &k, &v),
+                    masks,
+                    tile,
+                    pad,
+                    capacity,
+                    scale,
+                )?,
+                _ => attention(ops, m.attention, &q, &k, &v, masks.first(), scale)?,
             };
             // The last segment's K/V are never read again.
             if si + 1 < segments.len() {
@@ -402,7 +656,7 @@ fn run_decoder<O: Ops>(ops: &O, m: &DecoderSpec, req: &RunRequest<'_>) -> OpResu
                 cache.v = Some(v);
             }
             let merged = merge_heads(ops, &att)?;
-            let att = rowwise(ops, inv, &merged, &|r: &O::T| ops.linear(r, &layer.o))?;
+            let att = mode.rowwise(ops, &merged, &|r: &O::T| ops.linear(r, &layer.o))?;
             let mut x = ops.add(x, &att)?;
             let mlp = |x: &O::T| -> OpResult<O::T> {
                 let h = ops.norm(m.norm, x, &layer.n2.0, layer.n2.1.as_ref(), m.eps)?;
@@ -411,7 +665,7 @@ fn run_decoder<O: Ops>(ops: &O, m: &DecoderSpec, req: &RunRequest<'_>) -> OpResu
                     &layer.fc2,
                 )
             };
-            let h = rowwise(ops, inv, &x, &mlp)?;
+            let h = mode.rowwise(ops, &x, &mlp)?;
             x = ops.add(&x, &h)?;
             for (i, r) in req.observed.iter().enumerate() {
                 if (start..end).contains(&r.pos) {

@@ -3,7 +3,7 @@
 use crate::backend::{Backend, BackendError};
 use crate::dtype::DType;
 use crate::model::{Activation, AttentionForm, DecoderSpec, ModelSpec, Norm, ResidualMlpSpec};
-use crate::request::{Checkpoints, Row, RunRequest, Schedule};
+use crate::request::{Checkpoints, Execution, Row, RunRequest, Schedule};
 use crate::weights::{Weights, generate_input};
 
 /// A behavioural fingerprint of a backend on this machine: a few fixed
@@ -57,7 +57,7 @@ pub fn fingerprint(b: &dyn Backend) -> Result<String, BackendError> {
             schedule: &schedule,
             observed: &observed,
             threads: Some(2),
-            batch_invariant: false,
+            execution: Execution::Standard,
         };
         b.check(&req)?;
         hash = b.run(&req)?.fnv1a(hash);

@@ -60,6 +60,12 @@ pub(crate) trait Ops {
     fn narrow(&self, x: &Self::T, dim: usize, start: usize, len: usize) -> OpResult<Self::T>;
     /// Concatenation along `dim`.
     fn cat(&self, xs: &[Self::T], dim: usize) -> OpResult<Self::T>;
+    /// `x` copied into a new, contiguous allocation of its own: what a
+    /// freshly computed tensor of its shape would be. Fixed-shape execution
+    /// hands every kernel such a tile, so no kernel sees a view (another
+    /// stride, another offset into a larger buffer) in one schedule and a
+    /// fresh tensor in another.
+    fn fresh(&self, x: &Self::T) -> OpResult<Self::T>;
     /// Shape of `x`.
     fn shape(&self, x: &Self::T) -> Vec<usize>;
     /// Copies a (small) tensor to the host, synchronising the device first.

@@ -18,7 +18,7 @@ use crate::exec;
 use crate::host::HostTensor;
 use crate::model::{Activation, ModelSpec, Norm};
 use crate::ops::{OpResult, Ops};
-use crate::request::{Checkpoints, Row, RunRequest, Schedule};
+use crate::request::{Checkpoints, Execution, Row, RunRequest, Schedule};
 
 /// The f64 reference backend (`reference-cpu`).
 pub struct Reference;
@@ -66,7 +66,7 @@ impl Backend for Reference {
         // computes batched (batch-invariant execution would only cost time).
         let req = &RunRequest {
             model,
-            batch_invariant: false,
+            execution: Execution::Standard,
             ..*req
         };
         match (req.model, req.schedule) {
@@ -281,6 +281,10 @@ impl Ops for F64 {
     fn cat(&self, xs: &[T], dim: usize) -> OpResult<T> {
         let views: Vec<_> = xs.iter().map(|x| x.view()).collect();
         concatenate(Axis(dim), &views).map_err(|e| e.to_string())
+    }
+
+    fn fresh(&self, x: &T) -> OpResult<T> {
+        Ok(x.as_standard_layout().into_owned())
     }
 
     fn shape(&self, x: &T) -> Vec<usize> {

@@ -99,12 +99,56 @@ pub struct RunRequest<'a> {
     ///
     /// [`BackendInfo::threads`]: crate::BackendInfo::threads
     pub threads: Option<usize>,
-    /// Batch-invariant execution: every op that mixes values within a row
-    /// (norms, linears, attention) runs on one row at a time, and attention on
-    /// exactly the keys a query may see, so a row's result cannot depend on
-    /// the batch or on how the sequence was scheduled. Slower: it gives up
-    /// batching. The oracle ignores it.
-    pub batch_invariant: bool,
+    /// How the ops that mix values within a row are called. The oracle
+    /// ignores it (the f64 truth does not depend on the schedule).
+    pub execution: Execution,
+}
+
+/// How a backend calls the ops that mix values within a row (norms, linears,
+/// softmax, attention): with the shapes the data has, one row at a time, or
+/// with one fixed shape.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Execution {
+    /// The library's kernels on whole tensors, as a user would call them: a
+    /// row's result may depend on how many rows were computed with it.
+    #[default]
+    Standard,
+    /// Every op that mixes values within a row runs on one row at a time, and
+    /// attention on exactly the keys a query may see, so a row's result
+    /// cannot depend on the batch or on how the sequence was scheduled.
+    /// Slower: it gives up batching.
+    BatchInvariant,
+    /// Every op that mixes values within a row is called only on tiles of
+    /// `tile` rows (`[1, tile, width]`; the last tile padded with zero rows,
+    /// which are then dropped), and attention reduces over a fixed key
+    /// capacity (the input's sequence length) with the keys a query may not
+    /// see masked to `-inf` — so prefill, chunked prefill and one-token
+    /// decode call the same kernels on the same shapes. Invariant as long as
+    /// the library's kernels give a row the same result wherever it sits in
+    /// a tile (measured per backend, not assumed: the shipped
+    /// `fixed-shape-*` scenarios pin it bitwise). Keeps batching.
+    FixedShape {
+        /// Rows per tile (≥ 1).
+        tile: usize,
+    },
+}
+
+impl Execution {
+    /// The scenario spelling: `standard`, `batch_invariant`,
+    /// `fixed_shape(tile=64)`.
+    ///
+    /// ```
+    /// use layerdrift_backends::Execution;
+    /// assert_eq!(Execution::FixedShape { tile: 64 }.name(), "fixed_shape(tile=64)");
+    /// assert_eq!(Execution::default().name(), "standard");
+    /// ```
+    pub fn name(&self) -> String {
+        match self {
+            Execution::Standard => "standard".into(),
+            Execution::BatchInvariant => "batch_invariant".into(),
+            Execution::FixedShape { tile } => format!("fixed_shape(tile={tile})"),
+        }
+    }
 }
 
 /// The observed rows after every layer — the only data that leaves a backend.

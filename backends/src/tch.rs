@@ -24,6 +24,7 @@ use crate::backend::{Backend, BackendError, BackendInfo, Capability};
 use crate::device::{BackendId, DeviceKind};
 use crate::dtype::DType;
 use crate::exec;
+use crate::probe::{self, ProbePoint, ProbeRequest};
 use crate::host::HostTensor;
 use crate::model::{Activation, Norm};
 use crate::ops::{OpResult, Ops};
@@ -164,6 +165,25 @@ impl Backend for Tch {
         };
         tch::no_grad(|| exec::run(&ops, &id, req))
     }
+
+    fn probe(&self, req: &ProbeRequest) -> Result<Vec<ProbePoint>, BackendError> {
+        self.available().map_err(BackendError::Unavailable)?;
+        self.supports(Capability::DType(req.dtype))
+            .map_err(BackendError::Unsupported)?;
+        let _guard = RUN_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+        let default =
+            *DEFAULT_THREADS.get_or_init(|| usize::try_from(tch::get_num_threads()).unwrap_or(1));
+        let threads = req.threads.unwrap_or(default).max(1);
+        tch::set_num_threads(i32::try_from(threads).unwrap_or(i32::MAX));
+        LAST_THREADS.store(threads, Ordering::Relaxed);
+        let ops = TchOps {
+            device: self.device(),
+        };
+        tch::no_grad(|| probe::run(&ops, req)).map_err(|message| BackendError::Library {
+            backend: self.id().to_string(),
+            message,
+        })
+    }
 }
 
 struct TchOps {
@@ -282,6 +302,12 @@ impl Ops for TchOps {
         ok(Tensor::f_cat(&xs, dim as i64))
     }
 
+    fn fresh(&self, x: &Shared) -> OpResult<Shared> {
+        // `copy` is `zeros_like` + `copy_`, which keeps a view's strides:
+        // made contiguous first.
+        ok(x.0.f_contiguous().map(|c| c.copy()))
+    }
+
     fn shape(&self, x: &Shared) -> Vec<usize> {
         x.0.size().into_iter().map(|d| d as usize).collect()
     }
@@ -324,7 +350,7 @@ mod tests {
     use super::*;
     use crate::model::{AttentionForm, DecoderSpec, ModelSpec, ResidualMlpSpec};
     use crate::reference::Reference;
-    use crate::request::{Row, Schedule};
+    use crate::request::{Execution, Row, Schedule};
     use crate::weights::{Weights, generate_input};
 
     fn mlp(layers: usize, dim: usize, hidden: usize) -> ModelSpec {
@@ -379,7 +405,7 @@ mod tests {
             schedule,
             observed,
             threads: None,
-            batch_invariant: false,
+            execution: Execution::Standard,
         };
         backend
             .run(&req)
@@ -500,7 +526,7 @@ mod tests {
             schedule: &Schedule::Full,
             observed: &rows,
             threads: Some(1),
-            batch_invariant: false,
+            execution: Execution::Standard,
         };
         cpu().run(&req).unwrap();
         // The OpenMP setting is per OS thread: this one ran with 1.

@@ -4,7 +4,7 @@
 
 use layerdrift_backends::{
     Activation, AttentionForm, Backend, Checkpoints, DType, DecoderSpec, ModelSpec, Norm,
-    ResidualMlpSpec, Row, RunRequest, Schedule, Weights, generate_input, registry,
+    ResidualMlpSpec, Row, RunRequest, Schedule, Weights, generate_input, registry, Execution,
 };
 
 /// Every backend of this build that can run here, without the oracle. Fails
@@ -65,17 +65,17 @@ pub fn run_shaped(
     batch: usize,
     seq: usize,
 ) -> Result<Checkpoints, String> {
-    run_exec(b, model, schedule, batch, seq, false)
+    run_exec(b, model, schedule, batch, seq, Execution::Standard)
 }
 
-/// [`run_shaped`], choosing batch-invariant execution or not.
+/// [`run_shaped`] in the given execution mode.
 pub fn run_exec(
     b: &dyn Backend,
     model: &ModelSpec,
     schedule: &Schedule,
     batch: usize,
     seq: usize,
-    batch_invariant: bool,
+    execution: Execution,
 ) -> Result<Checkpoints, String> {
     let weights = Weights::init(model, 11, 0.2);
     let input = generate_input(batch, seq, model.dim(), 5);
@@ -93,7 +93,7 @@ pub fn run_exec(
         schedule,
         observed: &observed,
         threads: None,
-        batch_invariant,
+        execution,
     };
     b.check(&req).map_err(|e| e.to_string())?;
     b.run(&req).map_err(|e| e.to_string())

@@ -7,8 +7,8 @@ mod common;
 use common::{available, decoder, max_abs, mlp, run};
 use layerdrift_backends::reference::Reference;
 use layerdrift_backends::{
-    AttentionForm, Backend, Checkpoints, DType, HostTensor, ModelSpec, Row, RunRequest, Schedule,
-    Weights, generate_input,
+    AttentionForm, Backend, Checkpoints, DType, Execution, HostTensor, ModelSpec, Row, RunRequest,
+    Schedule, Weights, generate_input,
 };
 
 const TOL: f64 = 1e-5;
@@ -87,7 +87,7 @@ fn position_3(b: &dyn Backend, m: &ModelSpec, input: &HostTensor) -> Result<Chec
         schedule: &Schedule::Full,
         observed: &observed,
         threads: None,
-        batch_invariant: false,
+        execution: Execution::Standard,
     };
     b.check(&req).map_err(|e| e.to_string())?;
     b.run(&req).map_err(|e| e.to_string())

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use common::{available, decoder, fingerprint, mlp};
 use layerdrift_backends::weights::{read_safetensors, write_safetensors};
 use layerdrift_backends::{
-    AttentionForm, DType, ModelSpec, Row, RunRequest, Schedule, Weights, generate_input,
+    AttentionForm, DType, Execution, ModelSpec, Row, RunRequest, Schedule, Weights, generate_input,
 };
 
 fn run_with(
@@ -30,7 +30,7 @@ fn run_with(
         schedule: &schedule,
         observed: &observed,
         threads: None,
-        batch_invariant: false,
+        execution: Execution::Standard,
     };
     fingerprint(&b.run(&req).unwrap())
 }

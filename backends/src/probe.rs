@@ -1,0 +1,286 @@
+//! The kernel-dispatch probe: which row counts make a library call another
+//! kernel, and whether a row's result depends on where it sits in the batch
+//! or on the rows beside it.
+//!
+//! For one op that mixes values within a row ([`ProbeOp`]) at one width, and
+//! each row count `M` asked for, the probe builds `M` rows of seeded filler,
+//! puts one fixed probe row among them and hashes the probe row's result
+//! bitwise, first among one filler and first among another; then it fills
+//! all `M` rows with the probe row and counts the distinct results
+//! ([`ProbePoint`]). Row counts whose
+//! `first` hashes are equal ran kernels that give that row the same bits —
+//! one *kernel-equivalence class*. The op is called through the same
+//! adapter code ([`Ops`]) the models use, so what the probe sees is what a
+//! model's layer sees.
+
+use std::fmt;
+
+use crate::dtype::DType;
+use crate::host::HostTensor;
+use crate::model::{Activation, Norm};
+use crate::ops::{OpResult, Ops};
+use crate::weights::generate_input;
+
+/// An op the probe calls: each mixes values within a row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProbeOp {
+    /// `x @ Wᵀ + b`, `[1, M, width]` → `[1, M, out]`.
+    Linear,
+    /// LayerNorm over `[1, M, width]`.
+    LayerNorm,
+    /// RMSNorm over `[1, M, width]`.
+    RmsNorm,
+    /// Softmax over the last dim of `[1, M, width]`.
+    Softmax,
+    /// Attention written out (matmul, softmax, matmul): `M` queries
+    /// `[1, heads, M, width]` over `out` keys.
+    Attention,
+    /// The library's fused attention kernel, same shapes.
+    FusedAttention,
+    /// Exact GELU over `[1, M, width]`: elementwise, but a vectorised
+    /// transcendental may round a lane differently from its scalar tail.
+    Gelu,
+}
+
+impl ProbeOp {
+    /// Every op, in display order.
+    pub const ALL: [ProbeOp; 7] = [
+        ProbeOp::Linear,
+        ProbeOp::LayerNorm,
+        ProbeOp::RmsNorm,
+        ProbeOp::Softmax,
+        ProbeOp::Attention,
+        ProbeOp::FusedAttention,
+        ProbeOp::Gelu,
+    ];
+
+    /// The spelling in tables, JSON and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProbeOp::Linear => "linear",
+            ProbeOp::LayerNorm => "layer_norm",
+            ProbeOp::RmsNorm => "rms_norm",
+            ProbeOp::Softmax => "softmax",
+            ProbeOp::Attention => "attention",
+            ProbeOp::FusedAttention => "fused_attention",
+            ProbeOp::Gelu => "gelu",
+        }
+    }
+
+    /// The op named `s`.
+    pub fn parse(s: &str) -> Option<ProbeOp> {
+        ProbeOp::ALL.into_iter().find(|o| o.name() == s)
+    }
+}
+
+impl fmt::Display for ProbeOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One probe: an op at one shape, over several row counts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProbeRequest {
+    /// The op.
+    pub op: ProbeOp,
+    /// Row width (`in` for a linear, the head dim for attention).
+    pub width: usize,
+    /// A linear's `out`; attention's number of keys; unused otherwise.
+    pub out: usize,
+    /// Attention heads; unused otherwise.
+    pub heads: usize,
+    /// The row counts `M` to try, each ≥ 1.
+    pub rows: Vec<usize>,
+    /// The dtype to compute in.
+    pub dtype: DType,
+    /// Intra-op threads, as in a run.
+    pub threads: Option<usize>,
+}
+
+/// What the probe row got at one row count `M`: FNV-1a hashes of its
+/// result's bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbePoint {
+    /// The row count.
+    pub m: usize,
+    /// The probe row first (row 0) among `M − 1` filler rows.
+    pub first: u64,
+    /// The probe row first among other filler.
+    pub other: u64,
+    /// With the probe row in all `M` rows: how many distinct results the
+    /// positions got (1 = the result does not depend on the position).
+    pub positions: usize,
+}
+
+impl ProbePoint {
+    /// Whether the row's result depended on its position.
+    pub fn position_dependent(&self) -> bool {
+        self.positions > 1
+    }
+
+    /// Whether the row's result depended on the other rows' values.
+    pub fn values_dependent(&self) -> bool {
+        self.first != self.other
+    }
+}
+
+fn fnv(xs: &[f64]) -> u64 {
+    xs.iter().fold(0xcbf2_9ce4_8422_2325, |h, x| {
+        x.to_bits()
+            .to_le_bytes()
+            .iter()
+            .fold(h, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01B3))
+    })
+}
+
+/// `[1, lanes, m, width]` seeded rows (filler seed `seed`) with the probe row
+/// (its own seed) at the rows `at` of every lane.
+fn rows_with_probe(
+    lanes: usize,
+    m: usize,
+    width: usize,
+    seed: u64,
+    at: impl Iterator<Item = usize> + Clone,
+) -> HostTensor {
+    let mut t = generate_input(lanes, m, width, seed);
+    let probe = generate_input(lanes, 1, width, 0x9e37);
+    for l in 0..lanes {
+        for r in at.clone() {
+            let dst = (l * m + r) * width;
+            t.data[dst..dst + width].copy_from_slice(&probe.data[l * width..(l + 1) * width]);
+        }
+    }
+    t.shape = vec![1, lanes, m, width];
+    t
+}
+
+/// The probe, written once over [`Ops`] like the models.
+pub(crate) fn run<O: Ops>(ops: &O, req: &ProbeRequest) -> OpResult<Vec<ProbePoint>> {
+    if req.width == 0 {
+        return Err("probe: a width of 0".into());
+    }
+    let (lanes, dtype) = match req.op {
+        ProbeOp::Attention | ProbeOp::FusedAttention => (req.heads.max(1), req.dtype),
+        _ => (1, req.dtype),
+    };
+    // The op's constants, uploaded once.
+    let ones = ops.upload(&HostTensor::full(vec![req.width], 1.0), dtype)?;
+    let zero = ops.upload(&HostTensor::full(vec![req.width], 0.0), dtype)?;
+    let linear = match req.op {
+        ProbeOp::Linear => {
+            let mut w = generate_input(1, req.out, req.width, 0x11);
+            let s = 1.0 / (req.width as f32).sqrt();
+            w.data.iter_mut().for_each(|x| *x *= s);
+            w.shape = vec![req.out, req.width];
+            let b = HostTensor::full(vec![req.out], 0.0);
+            Some(ops.prepare_linear(&w, &b, dtype)?)
+        }
+        _ => None,
+    };
+    let kv = match req.op {
+        ProbeOp::Attention | ProbeOp::FusedAttention => {
+            let k = rows_with_probe(lanes, req.out.max(1), req.width, 0x22, 0..0);
+            let v = rows_with_probe(lanes, req.out.max(1), req.width, 0x33, 0..0);
+            Some((ops.upload(&k, dtype)?, ops.upload(&v, dtype)?))
+        }
+        _ => None,
+    };
+    let scale = 1.0 / (req.width as f64).sqrt();
+    let apply = |x: &O::T| -> OpResult<O::T> {
+        match req.op {
+            ProbeOp::Linear => ops.linear(x, linear.as_ref().expect("linear")),
+            ProbeOp::LayerNorm => ops.norm(Norm::LayerNorm, x, &ones, Some(&zero), 1e-5),
+            ProbeOp::RmsNorm => ops.norm(Norm::RmsNorm, x, &ones, None, 1e-5),
+            ProbeOp::Softmax => ops.softmax_last(x),
+            ProbeOp::Gelu => ops.activation(x, Activation::GeluErf),
+            ProbeOp::Attention | ProbeOp::FusedAttention => {
+                let (k, v) = kv.as_ref().expect("keys");
+                let kt = ops.transpose(k, 2, 3)?;
+                if req.op == ProbeOp::FusedAttention {
+                    return ops
+                        .fused_attention(x, k, v, None, scale)
+                        .unwrap_or_else(|| Err("this backend has no fused attention".into()));
+                }
+                let scores = ops.scale(&ops.matmul(x, &kt)?, scale)?;
+                ops.matmul(&ops.softmax_last(&scores)?, v)
+            }
+        }
+    };
+    // The op on `[1, lanes, m, w]` with the probe row at rows `at`: the
+    // result's rows, each a lane-major hash of that row in every lane.
+    let result = |m: usize, seed: u64, at: std::ops::Range<usize>| -> OpResult<Vec<u64>> {
+        let host = rows_with_probe(lanes, m, req.width, seed, at.clone());
+        let x = ops.upload(&host, dtype)?;
+        let x = if lanes == 1 {
+            ops.reshape(&x, &[1, m, req.width])?
+        } else {
+            x
+        };
+        let y = apply(&x)?;
+        let dim = ops.shape(&y).len() - 2;
+        at.map(|r| Ok(fnv(&ops.download(&ops.narrow(&y, dim, r, 1)?)?)))
+            .collect()
+    };
+    let mut out = Vec::with_capacity(req.rows.len());
+    for &m in &req.rows {
+        if m == 0 {
+            return Err("probe: a row count of 0".into());
+        }
+        let mut every = result(m, 1, 0..m)?;
+        every.sort_unstable();
+        every.dedup();
+        out.push(ProbePoint {
+            m,
+            first: result(m, 1, 0..1)?[0],
+            other: result(m, 2, 0..1)?[0],
+            positions: every.len(),
+        });
+    }
+    Ok(out)
+}
+
+/// Row counts with equal [`ProbePoint::first`], as ranges `lo..=hi` of
+/// consecutive probed counts, in order of first appearance: `[[1..=1],
+/// [2..=15], [16..=4096]]`.
+pub fn classes(points: &[ProbePoint]) -> Vec<Vec<(usize, usize)>> {
+    let mut keys: Vec<u64> = Vec::new();
+    let mut out: Vec<Vec<(usize, usize)>> = Vec::new();
+    let mut prev: Option<u64> = None;
+    for p in points {
+        let i = keys.iter().position(|k| *k == p.first).unwrap_or_else(|| {
+            keys.push(p.first);
+            out.push(Vec::new());
+            keys.len() - 1
+        });
+        match out[i].last_mut() {
+            Some(r) if prev == Some(p.first) => r.1 = p.m,
+            _ => out[i].push((p.m, p.m)),
+        }
+        prev = Some(p.first);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pt(m: usize, first: u64) -> ProbePoint {
+        ProbePoint {
+            m,
+            first,
+            other: first,
+            positions: 1,
+        }
+    }
+
+    #[test]
+    fn classes_group_equal_hashes_into_runs() {
+        let p = [pt(1, 7), pt(2, 8), pt(3, 8), pt(4, 9), pt(8, 9), pt(16, 8)];
+        assert_eq!(
+            classes(&p),
+            vec![vec![(1, 1)], vec![(2, 3), (16, 16)], vec![(4, 8)]]
+        );
+    }
+}
