@@ -43,7 +43,7 @@ pub struct VariantKey {
     pub dtype: String,
     /// Observed rows as `[batch, pos]`.
     pub observed: Vec<[usize; 2]>,
-    /// `standard` or `batch_invariant`.
+    /// `standard`, `batch_invariant` or `fixed_shape(tile=N)`.
     pub execution: String,
     /// FNV-1a of the weights' and the input's f32 bits ([`data_hash`]).
     pub data: String,
@@ -59,11 +59,7 @@ impl VariantKey {
             seq: var.seq,
             dtype: var.dtype.to_string(),
             observed: var.observed.iter().map(|r| [r.batch, r.pos]).collect(),
-            execution: if var.batch_invariant {
-                "batch_invariant".into()
-            } else {
-                "standard".into()
-            },
+            execution: var.execution.name(),
             data,
         }
     }

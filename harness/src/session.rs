@@ -415,7 +415,7 @@ impl Session {
             schedule: &schedule,
             observed: &var.observed,
             threads: s.threads,
-            batch_invariant: var.batch_invariant,
+            execution: var.execution,
         }))
     }
 

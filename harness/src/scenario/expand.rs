@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 
 use layerdrift_backends::{
-    Activation, AttentionForm, DType, DecoderSpec, ModelSpec, Norm, ResidualMlpSpec, Row,
+    Activation, AttentionForm, DType, DecoderSpec, Execution, ModelSpec, Norm, ResidualMlpSpec,
+    Row,
 };
 
 use super::Variant;
@@ -27,8 +28,8 @@ pub(super) struct Grid {
     pub(super) attentions: Vec<AttentionForm>,
     pub(super) batches: Vec<usize>,
     pub(super) seqs: Vec<usize>,
-    /// `true` = batch-invariant execution.
-    pub(super) executions: Vec<bool>,
+    /// The executions (`execution:`).
+    pub(super) executions: Vec<Execution>,
 }
 
 /// `batch=8,residual=true`, or `base` when no axis has several values.
@@ -124,7 +125,7 @@ impl Grid {
                             for &att in &self.attentions {
                                 for &batch in &self.batches {
                                     for &seq in &self.seqs {
-                                        for &invariant in &self.executions {
+                                        for &execution in &self.executions {
                                             let mut axes = Vec::new();
                                             let mut ax = |k: &str, n: usize, v: String| {
                                                 if multi(n) {
@@ -154,12 +155,7 @@ impl Grid {
                                             ax(
                                                 "execution",
                                                 self.executions.len(),
-                                                if invariant {
-                                                    "batch_invariant"
-                                                } else {
-                                                    "standard"
-                                                }
-                                                .into(),
+                                                execution.name(),
                                             );
                                             out.push(Variant {
                                                 label: label(&axes),
@@ -172,7 +168,7 @@ impl Grid {
                                                     .get(&(batch, seq))
                                                     .cloned()
                                                     .unwrap_or_default(),
-                                                batch_invariant: invariant,
+                                                execution,
                                             });
                                         }
                                     }

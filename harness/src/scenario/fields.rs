@@ -1,11 +1,14 @@
 //! Phase one of validation: each field of a scenario on its own.
 
-use layerdrift_backends::{Activation, AttentionForm, BackendId, DType, DeviceKind, Norm};
+use layerdrift_backends::{
+    Activation, AttentionForm, BackendId, DType, DeviceKind, Execution, Norm,
+};
 
 use super::error::hint;
 use super::expand::Grid;
 use super::raw::{
-    Axis, RawAttention, RawExecution, RawKind, RawObserve, RawScenario, RawStrategy, STRATEGIES,
+    Axis, FIXED_SHAPE_TILE, RawAttention, RawExecution, RawKind, RawObserve, RawScenario,
+    RawStrategy, STRATEGIES,
 };
 use super::validate::{Fields, Validator, act_of, att_of, dtype_of, norm_of};
 use super::{InputSource, Strategy, StrategyKind, WeightSource};
@@ -104,12 +107,36 @@ pub(super) fn fields(
         "dtype",
         &dtypes.iter().map(|d| d.name()).collect::<Vec<_>>(),
     );
-    let executions: Vec<bool> = v
-        .axis("execution", raw.execution)
-        .into_iter()
-        .map(|e| e == RawExecution::BatchInvariant)
+    let listed = v.axis("execution", raw.execution);
+    let executions: Vec<Execution> = listed
+        .iter()
+        .enumerate()
+        .map(|(i, e)| match *e {
+            RawExecution::Standard => Execution::Standard,
+            RawExecution::BatchInvariant => Execution::BatchInvariant,
+            RawExecution::FixedShape { tile } => {
+                let tile = tile.unwrap_or(FIXED_SHAPE_TILE);
+                if tile == 0 {
+                    let at = [
+                        format!("execution[{i}].fixed_shape.tile"),
+                        "execution.fixed_shape.tile".to_string(),
+                    ]
+                    .into_iter()
+                    .find(|p| v.index.has(p))
+                    .unwrap_or_else(|| "execution".into());
+                    v.err(
+                        &at,
+                        "a tile of 0 rows: give the rows per tile, at least 1 (default 64)",
+                    );
+                }
+                Execution::FixedShape { tile }
+            }
+        })
         .collect();
-    v.unique("execution", &executions);
+    v.unique(
+        "execution",
+        &executions.iter().map(|e| e.name()).collect::<Vec<_>>(),
+    );
 
     // Input.
     let inp = raw.input;

@@ -32,13 +32,13 @@ mod validate;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use layerdrift_backends::{BackendId, DType, DeviceKind, ModelSpec, Row, Schedule};
+use layerdrift_backends::{BackendId, DType, DeviceKind, Execution, ModelSpec, Row, Schedule};
 
 use crate::bounds::Bounds;
 
 pub use budget::{MAX_OBSERVED_ROWS, MAX_VARIANTS, estimate_bytes};
 pub use error::{Pos, ScenarioError, ScenarioErrors};
-pub use raw::{Axis, STRATEGIES};
+pub use raw::{Axis, EXECUTIONS, FIXED_SHAPE_TILE, STRATEGIES};
 
 /// One strategy: how the observed rows are computed.
 #[derive(Clone, Debug, PartialEq)]
@@ -153,8 +153,8 @@ pub struct Variant {
     pub dtype: DType,
     /// Observed rows, resolved against `batch` and `seq`.
     pub observed: Vec<Row>,
-    /// Batch-invariant execution (`execution: batch_invariant`).
-    pub batch_invariant: bool,
+    /// How the backends call the row-mixing ops (`execution:`).
+    pub execution: Execution,
 }
 
 /// Where the weights come from.

@@ -96,8 +96,7 @@ pub(super) enum RawDType {
 }
 
 /// How a backend executes the model.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) enum RawExecution {
     /// The library's kernels on whole tensors, as a user would call them.
     Standard,
@@ -105,6 +104,73 @@ pub(super) enum RawExecution {
     /// attention over exactly the keys a query sees: the cure for drift, at
     /// the cost of batching.
     BatchInvariant,
+    /// Fixed tiles of rows and a fixed key capacity; `tile: None` = the
+    /// default ([`FIXED_SHAPE_TILE`]).
+    FixedShape { tile: Option<usize> },
+}
+
+/// Execution names, as scenario files write them.
+pub const EXECUTIONS: &[&str] = &["standard", "batch_invariant", "fixed_shape"];
+
+/// The default tile of `execution: fixed_shape`, in rows: inside the one
+/// kernel-equivalence class every CPU backend's linear, norm and attention
+/// keep from 4 rows up at the shipped scenarios' widths (the kernel-dispatch
+/// probe, `backends/tests/probe.rs`), and large enough that a tile's GEMM
+/// runs near a whole batch's speed.
+pub const FIXED_SHAPE_TILE: usize = 64;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FixedShapeArgs {
+    pub(super) tile: Option<usize>,
+}
+
+/// `standard` / `batch_invariant` / `fixed_shape` as plain names, and
+/// `fixed_shape: { tile: N }` as a one-key mapping.
+impl<'de> Deserialize<'de> for RawExecution {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawExecution;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "`standard`, `batch_invariant`, `fixed_shape` or `fixed_shape: { tile: N }`",
+                )
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawExecution, E> {
+                match v {
+                    "standard" => Ok(RawExecution::Standard),
+                    "batch_invariant" => Ok(RawExecution::BatchInvariant),
+                    "fixed_shape" => Ok(RawExecution::FixedShape { tile: None }),
+                    other => Err(E::unknown_variant(other, EXECUTIONS)),
+                }
+            }
+            fn visit_map<A: de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RawExecution, A::Error> {
+                let Some(key) = map.next_key::<String>()? else {
+                    return Err(de::Error::custom("empty mapping: expected an execution"));
+                };
+                let e = match key.as_str() {
+                    "fixed_shape" => RawExecution::FixedShape {
+                        tile: map.next_value::<FixedShapeArgs>()?.tile,
+                    },
+                    "standard" | "batch_invariant" => {
+                        return Err(de::Error::custom(format!(
+                            "`{key}` takes no arguments: write it as a plain name"
+                        )));
+                    }
+                    other => return Err(de::Error::unknown_variant(other, EXECUTIONS)),
+                };
+                if map.next_key::<String>()?.is_some() {
+                    return Err(de::Error::custom("one execution per list item"));
+                }
+                Ok(e)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 pub(super) fn execution_default() -> Axis<RawExecution> {
