@@ -17,6 +17,14 @@
 //! ckpts   = observed rows × dim × layers × 8 × (strategies + 1)
 //! ```
 //!
+//! Under `execution: fixed_shape` with a tile of T rows, every row-wise op
+//! runs on whole tiles, so `acts` count the tokens rounded up to a multiple
+//! of T (plus one tile of zero padding), attention runs one tile of queries
+//! at a time against the whole sequence (`scores` = 2 × heads × T × seq ×
+//! dtype size), and each segment's masks stay uploaded (tiles × T × seq ×
+//! dtype size). A tile far larger than the input is refused here, at the
+//! tile's position, before anything is allocated.
+//!
 //! Backends get a layer's weights just before the layer and drop them after
 //! it (a decoder runs layer by layer over every segment), so a model's
 //! weights are on the host once and never in full on a backend.
@@ -25,7 +33,7 @@
 //! available memory, or `LAYERDRIFT_MEMORY_LIMIT`) is refused at
 //! `validate` time with the estimate and the limit.
 
-use layerdrift_backends::{DType, ModelSpec};
+use layerdrift_backends::{DType, Execution, ModelSpec};
 
 /// Most variants a scenario may expand to (the product of its list axes).
 pub const MAX_VARIANTS: usize = 1024;
@@ -52,12 +60,15 @@ fn parameters(model: &ModelSpec) -> f64 {
 ///
 /// ```
 /// use layerdrift::scenario::estimate_bytes;
-/// use layerdrift_backends::{Activation, DType, ModelSpec, Norm, ResidualMlpSpec};
+/// use layerdrift_backends::{Activation, DType, Execution, ModelSpec, Norm, ResidualMlpSpec};
 /// let seed = ModelSpec::ResidualMlp(ResidualMlpSpec {
 ///     layers: 20, dim: 768, hidden: 768, activation: Activation::GeluErf,
 ///     norm: Norm::LayerNorm, eps: 1e-5, residual: true });
-/// let gb = estimate_bytes(&seed, 16, 1024, DType::F32, 1, 2) / 1e9;
+/// let gb = estimate_bytes(&seed, 16, 1024, DType::F32, 1, 2, Execution::Standard) / 1e9;
 /// assert!(gb > 0.5 && gb < 1.5, "{gb}");
+/// // One row in tiles of a million rows: the padding is what costs.
+/// let huge = Execution::FixedShape { tile: 1_000_000 };
+/// assert!(estimate_bytes(&seed, 1, 1, DType::F32, 1, 2, huge) > 1e10);
 /// ```
 pub fn estimate_bytes(
     model: &ModelSpec,
@@ -66,6 +77,7 @@ pub fn estimate_bytes(
     dtype: DType,
     observed: usize,
     strategies: usize,
+    execution: Execution,
 ) -> f64 {
     let f = |x: usize| x as f64;
     let size = f(dtype.size());
@@ -78,13 +90,29 @@ pub fn estimate_bytes(
     let tokens = f(batch) * f(seq);
     let weights = p * 4.0 + p / layers.max(1.0) * (8.0 + size);
     let input = tokens * dim * (4.0 + size);
-    let acts = 4.0 * tokens * dim.max(hidden).max(3.0 * dim) * size;
+    let width = dim.max(hidden).max(3.0 * dim);
     let kv = if heads > 0.0 {
         2.0 * tokens * dim * size
     } else {
         0.0
     };
-    let scores = 2.0 * f(batch) * heads * f(seq) * f(seq) * size;
+    let (acts, scores) = match execution {
+        Execution::FixedShape { tile } => {
+            let t = f(tile.max(1));
+            let padded = (tokens / t).ceil() * t + t;
+            let masks = (f(seq) / t).ceil() * t * f(seq) * size;
+            let scores = if heads > 0.0 {
+                2.0 * heads * t * f(seq) * size + masks
+            } else {
+                0.0
+            };
+            (4.0 * padded * width * size, scores)
+        }
+        _ => (
+            4.0 * tokens * width * size,
+            2.0 * f(batch) * heads * f(seq) * f(seq) * size,
+        ),
+    };
     let ckpts = f(observed) * dim * layers * 8.0 * (f(strategies) + 1.0);
     weights + input + acts + kv + scores + ckpts
 }

@@ -6,10 +6,12 @@
 use std::collections::HashMap;
 
 use layerdrift_backends::weights::read_safetensors;
-use layerdrift_backends::{DType, Row, Weights};
+use layerdrift_backends::{DType, Execution, Row, Weights};
 
 use super::budget::{MAX_VARIANTS, estimate_bytes, human};
 use super::observe;
+use super::fields::tile_path;
+use super::raw::FIXED_SHAPE_TILE;
 use super::validate::{Fields, Validator};
 use super::{InputSource, Scenario, Strategy, WeightSource};
 
@@ -171,22 +173,62 @@ pub(super) fn derived(v: &mut Validator<'_>, mut f: Fields, memory_limit: u64) -
 
     // Memory: the largest variant must fit.
     let mut worst = (0.0f64, String::new());
+    let mut worst_tile = None;
     for model in g.models() {
         for &dtype in &g.dtypes {
             for (&(batch, seq), rows) in &observed {
-                let b = estimate_bytes(&model, batch, seq, dtype, rows.len(), f.strategies.len());
-                if b > worst.0 {
-                    worst = (b, format!("batch {batch}, seq {seq}, {dtype}"));
+                for (i, &execution) in g.executions.iter().enumerate() {
+                    let b = estimate_bytes(
+                        &model,
+                        batch,
+                        seq,
+                        dtype,
+                        rows.len(),
+                        f.strategies.len(),
+                        execution,
+                    );
+                    if b > worst.0 {
+                        worst = (b, format!("batch {batch}, seq {seq}, {dtype}"));
+                        // A tile is to blame when the same run would fit
+                        // without it.
+                        let standard = estimate_bytes(
+                            &model,
+                            batch,
+                            seq,
+                            dtype,
+                            rows.len(),
+                            f.strategies.len(),
+                            Execution::Standard,
+                        );
+                        worst_tile = match execution {
+                            Execution::FixedShape { tile } if standard <= memory_limit as f64 => {
+                                Some((i, tile))
+                            }
+                            _ => None,
+                        };
+                    }
                 }
             }
         }
+    }
+    if let (true, Some((i, tile))) = (worst.0 > memory_limit as f64, worst_tile) {
+        v.err(
+            &tile_path(v, i),
+            format!(
+                "a tile of {tile} rows would need about {} ({}), more than the {} this machine allows (LAYERDRIFT_MEMORY_LIMIT): pick a smaller tile (default {FIXED_SHAPE_TILE})",
+                human(worst.0),
+                worst.1,
+                human(memory_limit as f64)
+            ),
+        );
+        return None;
     }
     if worst.0 > memory_limit as f64 {
         // Point at what dominates: the model's size or the input's.
         let model_only = g
             .models()
             .iter()
-            .map(|m| estimate_bytes(m, 1, 1, DType::F64, 1, 1))
+            .map(|m| estimate_bytes(m, 1, 1, DType::F64, 1, 1, Execution::Standard))
             .fold(0.0, f64::max);
         let (max_b, max_s) = (
             g.batches.iter().max().copied().unwrap_or(1),

@@ -117,13 +117,7 @@ pub(super) fn fields(
             RawExecution::FixedShape { tile } => {
                 let tile = tile.unwrap_or(FIXED_SHAPE_TILE);
                 if tile == 0 {
-                    let at = [
-                        format!("execution[{i}].fixed_shape.tile"),
-                        "execution.fixed_shape.tile".to_string(),
-                    ]
-                    .into_iter()
-                    .find(|p| v.index.has(p))
-                    .unwrap_or_else(|| "execution".into());
+                    let at = tile_path(v, i);
                     v.err(
                         &at,
                         "a tile of 0 rows: give the rows per tile, at least 1 (default 64)",
@@ -326,4 +320,18 @@ pub(super) fn fields(
         threads: raw.threads,
         slow: raw.slow,
     })
+}
+
+/// Where the tile of the `i`-th execution is written (`execution[1].fixed_shape.tile`,
+/// `execution.fixed_shape.tile`), or the execution itself when the tile is
+/// the default.
+pub(super) fn tile_path(v: &Validator<'_>, i: usize) -> String {
+    [
+        format!("execution[{i}].fixed_shape.tile"),
+        "execution.fixed_shape.tile".to_string(),
+        format!("execution[{i}]"),
+    ]
+    .into_iter()
+    .find(|p| v.index.has(p))
+    .unwrap_or_else(|| "execution".into())
 }

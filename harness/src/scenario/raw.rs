@@ -52,6 +52,10 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Axis<T> {
                 }
                 Ok(Axis(out))
             }
+            // One value written as a mapping (`execution: { fixed_shape: { tile: 8 } }`).
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(Axis::one)
+            }
         }
         d.deserialize_any(V(PhantomData))
     }
