@@ -218,9 +218,19 @@ pub(crate) fn run<O: Ops>(ops: &O, req: &ProbeRequest) -> OpResult<Vec<ProbePoin
             x
         };
         let y = apply(&x)?;
-        let dim = ops.shape(&y).len() - 2;
-        at.map(|r| Ok(fnv(&ops.download(&ops.narrow(&y, dim, r, 1)?)?)))
-            .collect()
+        // One download; row `r` of every lane is hashed lane after lane.
+        let shape = ops.shape(&y);
+        let w = shape[shape.len() - 1];
+        let all = ops.download(&y)?;
+        Ok(at
+            .map(|r| {
+                let row: Vec<f64> = (0..lanes)
+                    .flat_map(|l| &all[(l * m + r) * w..(l * m + r + 1) * w])
+                    .copied()
+                    .collect();
+                fnv(&row)
+            })
+            .collect())
     };
     let mut out = Vec::with_capacity(req.rows.len());
     for &m in &req.rows {
@@ -265,6 +275,168 @@ pub fn classes(points: &[ProbePoint]) -> Vec<Vec<(usize, usize)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reference::F64;
+
+    /// The oracle's f64 ops with one deliberately different "kernel": a
+    /// linear over exactly `odd_m` rows (`[1, odd_m, w]`) rounds its result
+    /// by one extra ulp-sized step, as a library switching kernels at one
+    /// row count would. Everything else is the oracle's.
+    struct Injected {
+        odd_m: usize,
+        /// Instead: at `odd_m` rows, the last row alone gets the extra
+        /// step (a kernel whose tail rows take another code path).
+        tail: bool,
+    }
+
+    const CLEAN: Injected = Injected {
+        odd_m: 0,
+        tail: false,
+    };
+
+    impl Ops for Injected {
+        type T = <F64 as Ops>::T;
+        type Linear = <F64 as Ops>::Linear;
+        fn upload(&self, t: &HostTensor, d: DType) -> OpResult<Self::T> {
+            F64.upload(t, d)
+        }
+        fn prepare_linear(&self, w: &HostTensor, b: &HostTensor, d: DType) -> OpResult<Self::Linear> {
+            F64.prepare_linear(w, b, d)
+        }
+        fn linear(&self, x: &Self::T, l: &Self::Linear) -> OpResult<Self::T> {
+            let y = F64.linear(x, l)?;
+            match x.shape() {
+                [1, m, _] if *m == self.odd_m && self.tail => {
+                    let head = F64.narrow(&y, 1, 0, m - 1)?;
+                    let last = F64.scale(&F64.narrow(&y, 1, m - 1, 1)?, 1.0 + f64::EPSILON)?;
+                    F64.cat(&[head, last], 1)
+                }
+                [1, m, _] if *m == self.odd_m => F64.scale(&y, 1.0 + f64::EPSILON),
+                _ => Ok(y),
+            }
+        }
+        fn norm(&self, k: Norm, x: &Self::T, w: &Self::T, b: Option<&Self::T>, eps: f64) -> OpResult<Self::T> {
+            F64.norm(k, x, w, b, eps)
+        }
+        fn activation(&self, x: &Self::T, a: Activation) -> OpResult<Self::T> {
+            F64.activation(x, a)
+        }
+        fn add(&self, a: &Self::T, b: &Self::T) -> OpResult<Self::T> {
+            F64.add(a, b)
+        }
+        fn mul(&self, a: &Self::T, b: &Self::T) -> OpResult<Self::T> {
+            F64.mul(a, b)
+        }
+        fn scale(&self, x: &Self::T, s: f64) -> OpResult<Self::T> {
+            F64.scale(x, s)
+        }
+        fn matmul(&self, a: &Self::T, b: &Self::T) -> OpResult<Self::T> {
+            F64.matmul(a, b)
+        }
+        fn softmax_last(&self, x: &Self::T) -> OpResult<Self::T> {
+            F64.softmax_last(x)
+        }
+        fn reshape(&self, x: &Self::T, shape: &[usize]) -> OpResult<Self::T> {
+            F64.reshape(x, shape)
+        }
+        fn transpose(&self, x: &Self::T, a: usize, b: usize) -> OpResult<Self::T> {
+            F64.transpose(x, a, b)
+        }
+        fn narrow(&self, x: &Self::T, dim: usize, start: usize, len: usize) -> OpResult<Self::T> {
+            F64.narrow(x, dim, start, len)
+        }
+        fn cat(&self, xs: &[Self::T], dim: usize) -> OpResult<Self::T> {
+            F64.cat(xs, dim)
+        }
+        fn fresh(&self, x: &Self::T) -> OpResult<Self::T> {
+            F64.fresh(x)
+        }
+        fn shape(&self, x: &Self::T) -> Vec<usize> {
+            F64.shape(x)
+        }
+        fn download(&self, x: &Self::T) -> OpResult<Vec<f64>> {
+            F64.download(x)
+        }
+    }
+
+    fn linear_probe(rows: Vec<usize>) -> ProbeRequest {
+        ProbeRequest {
+            op: ProbeOp::Linear,
+            width: 24,
+            out: 16,
+            heads: 1,
+            rows,
+            dtype: DType::F64,
+            threads: None,
+        }
+    }
+
+    #[test]
+    fn the_probe_finds_an_injected_kernel_change_at_one_row_count() {
+        let rows: Vec<usize> = (1..=12).collect();
+        let clean = run(&CLEAN, &linear_probe(rows.clone())).expect("probe");
+        assert_eq!(classes(&clean), vec![vec![(1, 12)]], "the oracle's linear is one class");
+        let odd = run(&Injected { odd_m: 7, tail: false }, &linear_probe(rows)).expect("probe");
+        assert_eq!(
+            classes(&odd),
+            vec![vec![(1, 6), (8, 12)], vec![(7, 7)]],
+            "M = 7 ran another kernel"
+        );
+        // Another kernel for all M rows at once changes no row's dependence
+        // on its neighbours.
+        assert!(odd.iter().all(|p| !p.position_dependent() && !p.values_dependent()));
+    }
+
+    #[test]
+    fn the_probe_finds_a_row_whose_result_depends_on_its_position() {
+        let p = run(&Injected { odd_m: 5, tail: true }, &linear_probe(vec![4, 5, 6])).expect("probe");
+        let dependent: Vec<usize> = p.iter().filter(|p| p.position_dependent()).map(|p| p.m).collect();
+        assert_eq!(dependent, vec![5]);
+        assert_eq!(p[1].positions, 2, "the last row differs from the other four");
+    }
+
+    /// Fixed-shape execution probes its tile first: a library whose linear
+    /// is position-dependent at the tile's row count is refused with the
+    /// reason, never run (and a clean one runs).
+    #[test]
+    fn fixed_shape_refuses_a_tile_the_library_cannot_honour() {
+        use crate::model::{ModelSpec, ResidualMlpSpec};
+        use crate::request::{Execution, Row, RunRequest, Schedule};
+        use crate::weights::Weights;
+        let model = ModelSpec::ResidualMlp(ResidualMlpSpec {
+            layers: 2,
+            dim: 24,
+            hidden: 24,
+            activation: Activation::GeluErf,
+            norm: Norm::LayerNorm,
+            eps: 1e-5,
+            residual: true,
+        });
+        let weights = Weights::init(&model, 0, 0.2);
+        let input = generate_input(1, 9, 24, 1);
+        let observed = [Row { batch: 0, pos: 8 }];
+        let req = RunRequest {
+            model: &model,
+            weights: &weights,
+            input: &input,
+            dtype: DType::F64,
+            schedule: &Schedule::Full,
+            observed: &observed,
+            threads: None,
+            execution: Execution::FixedShape { tile: 5 },
+        };
+        let bad = crate::exec::run(&Injected { odd_m: 5, tail: true }, "injected", &req)
+            .expect_err("a position-dependent tile must be refused");
+        let msg = bad.to_string();
+        assert!(msg.contains("cannot be batch-invariant with a tile of 5 rows"), "{msg}");
+        assert!(msg.contains("linear 24→24"), "{msg}");
+        assert!(crate::exec::run(&CLEAN, "clean", &req).is_ok());
+    }
+
+    #[test]
+    fn the_probe_is_deterministic() {
+        let req = linear_probe(vec![1, 3, 64]);
+        assert_eq!(run(&F64, &req), run(&F64, &req));
+    }
 
     fn pt(m: usize, first: u64) -> ProbePoint {
         ProbePoint {

@@ -18,6 +18,7 @@ use crate::exec;
 use crate::host::HostTensor;
 use crate::model::{Activation, ModelSpec, Norm};
 use crate::ops::{OpResult, Ops};
+use crate::probe::{self, ProbePoint, ProbeRequest};
 use crate::request::{Checkpoints, Execution, Row, RunRequest, Schedule};
 
 /// The f64 reference backend (`reference-cpu`).
@@ -117,6 +118,22 @@ impl Backend for Reference {
                 )
             }
         }
+    }
+
+    /// The probe in f64 (whatever dtype is asked, as in a run): ndarray's
+    /// GEMM and plain loops, so one class everywhere is expected.
+    fn probe(&self, req: &ProbeRequest) -> Result<Vec<ProbePoint>, BackendError> {
+        probe::run(
+            &F64,
+            &ProbeRequest {
+                dtype: DType::F64,
+                ..req.clone()
+            },
+        )
+        .map_err(|message| BackendError::Library {
+            backend: self.id().to_string(),
+            message,
+        })
     }
 }
 

@@ -10,14 +10,16 @@
 //! ```sh
 //! cargo bench -p layerdrift --bench execution --features tch -- \
 //!     [--reps N] [--backends a,b] [--tile N] [--cases seed-b1,seed-b16,decoder-full,decoder-decode] \
-//!     [--skip-slow]
+//!     [--skip-slow] [--invariant-reps N]
 //! ```
 //!
 //! The decode is timed as the KV-cache run (prefill 248, then 8 one-token
 //! passes) minus a prefill-only run of the same 248 positions (the same
 //! first segment, observed at its last position), per repetition.
 //! `--skip-slow` leaves out `batch_invariant` at batch 16 (16,384 rows one at
-//! a time through 20 layers: minutes per run on the slower backends).
+//! a time through 20 layers: minutes per run on the slower backends);
+//! `--invariant-reps N` runs `batch_invariant` in the first N repetitions
+//! only (its factor is 6–23×: the noise of one run does not matter there).
 //! Built in release (`cargo bench`'s profile), as a deployment would be.
 
 use std::time::Instant;
@@ -84,6 +86,7 @@ struct Args {
     tile: usize,
     cases: Vec<Case>,
     skip_slow: bool,
+    invariant_reps: Option<usize>,
 }
 
 fn args() -> Result<Args, String> {
@@ -93,6 +96,7 @@ fn args() -> Result<Args, String> {
         tile: layerdrift::scenario::FIXED_SHAPE_TILE,
         cases: Case::ALL.to_vec(),
         skip_slow: false,
+        invariant_reps: None,
     };
     let mut it = std::env::args().skip(1);
     let count = |x: Option<String>, what: &str| {
@@ -106,6 +110,7 @@ fn args() -> Result<Args, String> {
             "--reps" => a.reps = count(it.next(), "--reps")?,
             "--tile" => a.tile = count(it.next(), "--tile")?,
             "--skip-slow" => a.skip_slow = true,
+            "--invariant-reps" => a.invariant_reps = Some(count(it.next(), "--invariant-reps")?),
             "--backends" => {
                 a.backends = it
                     .next()
@@ -289,7 +294,10 @@ fn main() -> std::process::ExitCode {
                     continue;
                 };
                 for (m, &mode) in modes.iter().enumerate() {
-                    if a.skip_slow && *case == Case::SeedB16 && mode == Execution::BatchInvariant {
+                    if mode == Execution::BatchInvariant
+                        && ((a.skip_slow && *case == Case::SeedB16)
+                            || rep >= a.invariant_reps.unwrap_or(a.reps))
+                    {
                         continue;
                     }
                     match measure(&session, s, *v, *case, b.as_ref(), mode) {
@@ -319,8 +327,9 @@ fn main() -> std::process::ExitCode {
 
     println!();
     println!(
-        "medians over {} repetition(s); ×: the median of the mode over the median of standard",
-        a.reps
+        "medians over {} repetition(s) ({} for batch_invariant); ×: the median of the mode over the median of standard",
+        a.reps,
+        a.invariant_reps.unwrap_or(a.reps).min(a.reps)
     );
     println!(
         "{:<15} {:<18} {:<22} {:>10} {:>8} {:>12} {:>12}",

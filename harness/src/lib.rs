@@ -32,6 +32,7 @@
 pub mod baseline;
 pub mod bounds;
 pub mod class;
+pub mod dispatch;
 pub mod engine;
 pub mod env;
 pub mod metric;
@@ -60,6 +61,7 @@ mod layering {
         "scenario",
         "baseline",
         "session",
+        "dispatch",
         "engine",
         "class",
         "plan",

@@ -74,6 +74,36 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// The kernel-dispatch map: per backend and row-mixing op, at the shipped
+    /// scenarios' widths, which row counts M give a row the same bits, and
+    /// where a row's result depends on its position or its neighbours.
+    /// Prints a table; writes an SVG (and JSON with `--json`).
+    Probe {
+        /// Only these backends (names or ids, comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        backends: Vec<String>,
+        /// Only these ops: linear, layer_norm, rms_norm, softmax, attention, fused_attention, gelu.
+        #[arg(long, value_delimiter = ',', value_parser = |s: &str| layerdrift_backends::ProbeOp::parse(s).ok_or_else(|| format!("no op `{s}`: pick from linear, layer_norm, rms_norm, softmax, attention, fused_attention, gelu")))]
+        ops: Vec<layerdrift_backends::ProbeOp>,
+        /// Row counts, ranges and single counts, e.g. `1-64,128,256` (default: 1-64 and the powers of two to 4096).
+        #[arg(long)]
+        rows: Option<String>,
+        /// Shapes of these scenario files (default: every shipped scenario).
+        #[arg(long, value_delimiter = ',')]
+        scenarios: Vec<PathBuf>,
+        /// Leave out shapes wider than this (a linear's in or out, a norm's width).
+        #[arg(long, default_value_t = 3072)]
+        max_width: usize,
+        /// Intra-op threads (the shipped scenarios pin 2).
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Where to write the SVG (default: target/layerdrift/probe/).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Also write the map as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Check scenario files without running them (every problem, with its position).
     Validate {
         /// Scenario files (default: every file in the scenario directory).
@@ -120,6 +150,25 @@ fn main() -> ExitCode {
             tolerance,
             out,
         } => review(&files, tolerance, out),
+        Command::Probe {
+            backends,
+            ops,
+            rows,
+            scenarios,
+            max_width,
+            threads,
+            out,
+            json,
+        } => probe(ProbeArgs {
+            backends,
+            ops,
+            rows,
+            scenarios,
+            max_width,
+            threads,
+            out,
+            json,
+        }),
         Command::Validate { files } => validate(files),
         Command::List => list(),
         Command::Env => show_env(),
@@ -163,6 +212,100 @@ fn validate(files: Vec<PathBuf>) -> Result<ExitCode> {
     } else {
         ExitCode::from(2)
     })
+}
+
+/// `layerdrift probe`'s arguments.
+struct ProbeArgs {
+    backends: Vec<String>,
+    ops: Vec<layerdrift_backends::ProbeOp>,
+    rows: Option<String>,
+    scenarios: Vec<PathBuf>,
+    max_width: usize,
+    threads: usize,
+    out: Option<PathBuf>,
+    json: Option<PathBuf>,
+}
+
+fn probe(a: ProbeArgs) -> Result<ExitCode> {
+    use layerdrift::dispatch;
+    let rows = match &a.rows {
+        Some(r) => dispatch::parse_rows(r).map_err(|e| anyhow::anyhow!("--rows {r}: {e}"))?,
+        None => dispatch::default_rows(),
+    };
+    let session = Session::new();
+    let files = if a.scenarios.is_empty() {
+        scenario_files(&scenario_dir()).map_err(anyhow::Error::msg)?
+    } else {
+        a.scenarios.clone()
+    };
+    let mut scenarios = Vec::new();
+    for f in &files {
+        match session.load(f) {
+            Ok(s) => scenarios.push(s),
+            Err(e) => {
+                eprintln!("{e}");
+                return Ok(ExitCode::from(2));
+            }
+        }
+    }
+    let mut shapes = dispatch::shapes_of(&scenarios, a.max_width);
+    if !a.ops.is_empty() {
+        shapes.retain(|s| a.ops.contains(&s.op));
+    }
+    if shapes.is_empty() {
+        anyhow::bail!(
+            "no shapes to probe: the scenarios ({} file(s)) call none of these ops at widths ≤ {} (--ops, --max-width)",
+            files.len(),
+            a.max_width
+        );
+    }
+    if a.threads == 0 || a.threads > 1024 {
+        anyhow::bail!("--threads: between 1 and 1024");
+    }
+    let dtype = layerdrift_backends::DType::F32;
+    dispatch::check_memory(&shapes, &rows, dtype, env().memory_limit).map_err(anyhow::Error::msg)?;
+    let known = session.known_ids();
+    for want in &a.backends {
+        if !known.iter().any(|id| id.matches(want)) {
+            anyhow::bail!(
+                "--backends: no backend `{want}` in this build; known: {}",
+                known.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    let mut maps = Vec::new();
+    for b in session.backends() {
+        if !a.backends.is_empty() && !a.backends.iter().any(|w| b.id().matches(w)) {
+            continue;
+        }
+        if let Err(why) = b.available() {
+            if !a.backends.is_empty() {
+                println!("{}: not probed: {why}\n", b.id());
+            }
+            continue;
+        }
+        let class = layerdrift::class::class_of(b.as_ref());
+        let t = std::time::Instant::now();
+        let map = dispatch::probe_backend(b.as_ref(), &class, &shapes, &rows, dtype, Some(a.threads));
+        print!("{}", map.table());
+        println!("  ({:.1} s)\n", t.elapsed().as_secs_f64());
+        maps.push(map);
+    }
+    if maps.is_empty() {
+        anyhow::bail!("no backend of this build can run here (see `layerdrift list`)");
+    }
+    let out = a.out.unwrap_or_else(|| root().join("target/layerdrift/probe"));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let svg = out.join("dispatch-map.svg");
+    std::fs::write(&svg, layerdrift::plot::dispatch_svg(&maps))
+        .with_context(|| format!("writing {}", svg.display()))?;
+    println!("plot: {}", svg.display());
+    if let Some(json) = &a.json {
+        let text = serde_json::to_string_pretty(&maps)?;
+        std::fs::write(json, text).with_context(|| format!("writing {}", json.display()))?;
+        println!("json: {}", json.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn list() -> Result<ExitCode> {

@@ -372,3 +372,123 @@ mod tests {
         assert!(*t.last().unwrap() >= 3.2e-6 && t[0] == 0.0);
     }
 }
+
+/// The kernel-dispatch map as an SVG: one panel per backend, one band per
+/// probed shape, one cell per probed row count `M` (equal widths, so the
+/// powers of two past 64 get room), coloured by kernel-equivalence class
+/// (class 1 = the class of the first probed `M`); a cell with a dot is a
+/// row count at which a row's result depended on its position in the batch,
+/// a ring on the other rows' values.
+pub fn dispatch_svg(maps: &[crate::dispatch::Map]) -> String {
+    const LABEL: f64 = 300.0;
+    const CELL: f64 = 9.0;
+    const BAND: f64 = 18.0;
+    let cols = maps.iter().map(|m| m.rows.len()).max().unwrap_or(1);
+    let w = LABEL + cols as f64 * CELL + 30.0;
+    let heights: Vec<f64> = maps
+        .iter()
+        .map(|m| 40.0 + m.entries.len() as f64 * BAND + 40.0)
+        .collect();
+    let h = 60.0 + heights.iter().sum::<f64>();
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">Kernel-dispatch map: which row counts M give a row the same bits (one colour per class)</text>"#,
+        w / 2.0
+    );
+    let _ = writeln!(
+        s,
+        r##"<text x="{}" y="40" text-anchor="middle" fill="#555">dot: the row's result depends on its position at that M; ring: on the other rows' values; grey: not probed</text>"##,
+        w / 2.0
+    );
+    let mut oy = 60.0;
+    for (map, ph) in maps.iter().zip(&heights) {
+        let _ = writeln!(
+            s,
+            r#"<text x="8" y="{}" font-weight="bold">{} — {}, class {}</text>"#,
+            oy + 16.0,
+            esc(&map.backend),
+            esc(&map.version),
+            esc(&map.class)
+        );
+        let top = oy + 28.0;
+        for (r, e) in map.entries.iter().enumerate() {
+            let y = top + r as f64 * BAND;
+            let _ = writeln!(
+                s,
+                r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
+                LABEL - 8.0,
+                y + BAND * 0.7,
+                esc(&e.label)
+            );
+            let points = e.points.as_deref().unwrap_or(&[]);
+            let class_of = |m: usize| {
+                e.classes
+                    .iter()
+                    .position(|runs| runs.iter().any(|&(lo, hi)| lo <= m && m <= hi))
+            };
+            // One rectangle per run of cells in the same class.
+            let mut c = 0;
+            while c < map.rows.len() {
+                let class = class_of(map.rows[c]);
+                let mut end = c + 1;
+                while end < map.rows.len() && class_of(map.rows[end]) == class {
+                    end += 1;
+                }
+                let fill = class.map_or("#dddddd", |k| PALETTE[k % PALETTE.len()]);
+                let _ = writeln!(
+                    s,
+                    r#"<rect x="{}" y="{y}" width="{}" height="{}" fill="{fill}"><title>{} M={}–{}: class {}</title></rect>"#,
+                    LABEL + c as f64 * CELL,
+                    (end - c) as f64 * CELL,
+                    BAND - 2.0,
+                    esc(&e.label),
+                    map.rows[c],
+                    map.rows[end - 1],
+                    class.map_or("—".into(), |k| (k + 1).to_string())
+                );
+                c = end;
+            }
+            for (c, &m) in map.rows.iter().enumerate() {
+                let x = LABEL + c as f64 * CELL;
+                let (cx, cy) = (x + CELL / 2.0, y + (BAND - 2.0) / 2.0);
+                if let Some(p) = points.iter().find(|p| p.m == m) {
+                    if p.position_dependent() {
+                        let _ = writeln!(s, r#"<circle cx="{cx}" cy="{cy}" r="2.2" fill="black"/>"#);
+                    }
+                    if p.values_dependent() {
+                        let _ = writeln!(
+                            s,
+                            r#"<circle cx="{cx}" cy="{cy}" r="3.6" fill="none" stroke="black"/>"#
+                        );
+                    }
+                }
+            }
+        }
+        // M labels under the bands: 1, every multiple of 8 up to 64, then each power of two.
+        let ly = top + map.entries.len() as f64 * BAND + 14.0;
+        for (c, &m) in map.rows.iter().enumerate() {
+            if m == 1 || (m <= 64 && m % 16 == 0) || (m > 64 && m.is_power_of_two()) {
+                let _ = writeln!(
+                    s,
+                    r#"<text x="{}" y="{ly}" text-anchor="middle" font-size="10">{m}</text>"#,
+                    LABEL + c as f64 * CELL + CELL / 2.0
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="end" font-size="10">M =</text>"#,
+            LABEL - 8.0,
+            ly
+        );
+        oy += ph;
+    }
+    s.push_str("</svg>\n");
+    s
+}

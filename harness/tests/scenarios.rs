@@ -22,9 +22,9 @@ use layerdrift::session::Session;
 use layerdrift::snapshot::band::{self, Recorded};
 use layerdrift::snapshot::doc::SnapComparison;
 use layerdrift::snapshot::doc::{DriftSnapshot, Meta, OracleDoc};
-use layerdrift::snapshot::store::assert_snapshot;
+use layerdrift::snapshot::store::{assert_doc_snapshot, assert_snapshot};
 use layerdrift::workspace::{scenario_dir, scenario_files};
-use layerdrift_backends::{Backend, BackendId};
+use layerdrift_backends::{Backend, BackendId, DType};
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde::Serialize;
 
@@ -201,6 +201,94 @@ fn scenario_trials(dir: &Path) -> Result<(Vec<Trial>, IgnoredTrials), String> {
         }
     }
     Ok((trials, ignored))
+}
+
+// ------------------------------------------------------------ dispatch maps
+
+/// The dispatch map's snapshot name and the "scenario" name its class
+/// coverage (`class.yaml` excludes) uses.
+const DISPATCH_MAP: &str = "dispatch-map";
+
+/// What a dispatch-map snapshot's info shows (not compared).
+#[derive(Serialize)]
+struct DispatchInfo {
+    backend: String,
+    version: String,
+    class: String,
+}
+
+/// One `dispatch-map/{backend}` trial per backend of this build: the map at
+/// the shipped scenarios' widths (≤ 3072), M = 1…64 and the powers of two to
+/// 4096, 2 threads, against `snapshots/{backend}/{class}/dispatch-map.snap`.
+/// Compared exactly or not at all: a class that has not recorded it
+/// ignores the trial with the reason.
+fn dispatch_trials(ignored: &mut IgnoredTrials) -> Vec<Trial> {
+    let mut out = Vec::new();
+    for b in session().backends() {
+        let id = b.id();
+        let name = format!("{DISPATCH_MAP}/{id}");
+        let why = match b.available() {
+            Err(why) => Some(why),
+            Ok(()) => {
+                let class = class_of(b.as_ref());
+                let file = format!("{DISPATCH_MAP}.snap");
+                match mode(id, &class, DISPATCH_MAP, &|f| f == file, None) {
+                    Mode::Exact(_) | Mode::Broken(_) => None,
+                    Mode::Ignore(why) => Some(why),
+                    Mode::Banded(_) => Some(format!(
+                        "no dispatch map recorded for {id} on class `{class}` (a map is compared exactly, never banded): record it with `LAYERDRIFT_RECORD=1 INSTA_UPDATE=always cargo test -- {DISPATCH_MAP}`"
+                    )),
+                }
+            }
+        };
+        if let Some(why) = &why {
+            ignored.entry(why.clone()).or_default().push(name.clone());
+        }
+        out.push(Trial::test(name, move || dispatch_trial(id)).with_ignored_flag(why.is_some()));
+    }
+    out
+}
+
+fn dispatch_trial(id: BackendId) -> Result<(), Failed> {
+    use layerdrift::dispatch;
+    let b = backend(id)?;
+    let class = class_of(b.as_ref());
+    let file = format!("{DISPATCH_MAP}.snap");
+    let probe = session().probe(id);
+    let dir = match mode(id, &class, DISPATCH_MAP, &|f| f == file, probe.as_ref()) {
+        Mode::Exact(dir) => dir,
+        Mode::Broken(why) => return Err(why.into()),
+        Mode::Ignore(why) => return Err(format!("not checked here: {why}").into()),
+        Mode::Banded(_) => {
+            return Err(format!(
+                "{id} on class `{class}`: this machine's probe hash differs from the class's recording, so its kernels are not the recorded ones and its dispatch map cannot be compared; record a class for this machine"
+            )
+            .into());
+        }
+    };
+    let mut scenarios = Vec::new();
+    for f in scenario_files(&scenario_dir())? {
+        scenarios.push(session().load(&f).map_err(|e| e.to_string())?);
+    }
+    let shapes = dispatch::shapes_of(&scenarios, 3072);
+    let rows = dispatch::default_rows();
+    let t = std::time::Instant::now();
+    let map = dispatch::probe_backend(b.as_ref(), &class, &shapes, &rows, DType::F32, Some(2));
+    print!("{}", map.table());
+    println!("  ({:.1} s)", t.elapsed().as_secs_f64());
+    let info = DispatchInfo {
+        backend: id.to_string(),
+        version: b.info().version,
+        class: class.clone(),
+    };
+    Ok(assert_doc_snapshot(
+        &dir,
+        DISPATCH_MAP,
+        &info,
+        "The kernel-dispatch map (`layerdrift probe`): per row-mixing op at the shipped scenarios' widths, the row counts M that give a row the same bits, and where a row's result depends on its position or on the other rows.",
+        &scenario_dir(),
+        &map.snapshot_doc(),
+    )?)
 }
 
 // ------------------------------------------------------------ negative controls
@@ -495,6 +583,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mut ignored = ignored;
+    trials.extend(dispatch_trials(&mut ignored));
     trials.push(Trial::test(
         "selftest/bound-violation-fails",
         selftest_bound_violation,

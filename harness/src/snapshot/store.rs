@@ -21,16 +21,28 @@ pub fn assert_snapshot<T: Serialize>(
     description: &str,
     doc: &T,
 ) -> Result<(), String> {
+    let input = root()
+        .join("scenarios")
+        .join(format!("{}.yaml", meta.scenario.trim_end_matches(".yaml")));
+    assert_doc_snapshot(dir, name, meta, description, &input, doc)
+}
+
+/// Asserts `doc` against `{dir}/{name}.snap`, with `info` shown by review
+/// (not compared) and `input` as the file it came from.
+pub fn assert_doc_snapshot<T: Serialize, I: Serialize>(
+    dir: &Path,
+    name: &str,
+    info: &I,
+    description: &str,
+    input: &Path,
+    doc: &T,
+) -> Result<(), String> {
     let mut settings = insta::Settings::clone_current();
     settings.set_snapshot_path(dir);
     settings.set_prepend_module_to_snapshot(false);
     settings.set_omit_expression(true);
-    settings.set_input_file(
-        root()
-            .join("scenarios")
-            .join(format!("{}.yaml", meta.scenario.trim_end_matches(".yaml"))),
-    );
-    settings.set_info(meta);
+    settings.set_input_file(input);
+    settings.set_info(info);
     settings.set_description(description);
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
         settings.bind(|| insta::assert_yaml_snapshot!(name.to_string(), doc));
