@@ -5,11 +5,11 @@
 //! replaces it.
 
 use crate::backend::BackendError;
+use crate::dtype::DType;
 use crate::host::HostTensor;
 use crate::model::{AttentionForm, DecoderSpec, ModelSpec, Norm, ResidualMlpSpec};
 use crate::ops::{OpResult, Ops};
 use crate::probe::{self, ProbeOp, ProbeRequest};
-use crate::dtype::DType;
 use crate::request::{Checkpoints, Execution, Row, RunRequest, Schedule};
 use crate::weights::Weights;
 
@@ -121,12 +121,7 @@ fn model_probes(model: &ModelSpec, capacity: usize) -> Vec<(ProbeOp, usize, usiz
 /// Checked here with the kernel-dispatch probe at `M = tile`, before the
 /// run, so a tile the library cannot honour is an error that says why —
 /// never a run that silently drifts.
-fn check_tile<O: Ops>(
-    ops: &O,
-    req: &RunRequest<'_>,
-    tile: usize,
-    capacity: usize,
-) -> OpResult<()> {
+fn check_tile<O: Ops>(ops: &O, req: &RunRequest<'_>, tile: usize, capacity: usize) -> OpResult<()> {
     for (op, width, out, heads) in model_probes(req.model, capacity) {
         let p = probe::run(
             ops,
@@ -180,12 +175,7 @@ impl<O: Ops> Mode<O> {
 
     /// `f` on `x` (`[batch, len, dim]`) as the mode says: on the whole of
     /// `x`, on each row alone, or on fixed tiles of rows.
-    fn rowwise(
-        &self,
-        ops: &O,
-        x: &O::T,
-        f: &dyn Fn(&O::T) -> OpResult<O::T>,
-    ) -> OpResult<O::T> {
+    fn rowwise(&self, ops: &O, x: &O::T, f: &dyn Fn(&O::T) -> OpResult<O::T>) -> OpResult<O::T> {
         match (self.execution, &self.pad) {
             (Execution::BatchInvariant, _) => each_row(ops, x, f),
             (Execution::FixedShape { tile }, Some(pad)) => each_tile(ops, x, tile, pad, f),
@@ -611,32 +601,32 @@ fn run_decoder<O: Ops>(ops: &O, m: &DecoderSpec, req: &RunRequest<'_>) -> OpResu
             };
             let att = match (req.execution, &head_pad) {
                 (Execution::BatchInvariant, _) => {
-                // Each query alone, over exactly the keys it may see: the
-                // same shapes whether the position is prefilled or decoded.
-                let qs = ops.shape(&q);
-                let mut batch = Vec::with_capacity(qs[0]);
-                for b in 0..qs[0] {
-                    let (qb, kb, vb) = (
-                        ops.narrow(&q, 0, b, 1)?,
-                        ops.narrow(&k, 0, b, 1)?,
-                        ops.narrow(&v, 0, b, 1)?,
-                    );
-                    let mut rows = Vec::with_capacity(qs[2]);
-                    for i in 0..qs[2] {
-                        let seen = start + i + 1;
-                        rows.push(attention(
-                            ops,
-                            m.attention,
-                            &ops.narrow(&qb, 2, i, 1)?,
-                            &ops.narrow(&kb, 2, 0, seen)?,
-                            &ops.narrow(&vb, 2, 0, seen)?,
-                            None,
-                            scale,
-                        )?);
+                    // Each query alone, over exactly the keys it may see: the
+                    // same shapes whether the position is prefilled or decoded.
+                    let qs = ops.shape(&q);
+                    let mut batch = Vec::with_capacity(qs[0]);
+                    for b in 0..qs[0] {
+                        let (qb, kb, vb) = (
+                            ops.narrow(&q, 0, b, 1)?,
+                            ops.narrow(&k, 0, b, 1)?,
+                            ops.narrow(&v, 0, b, 1)?,
+                        );
+                        let mut rows = Vec::with_capacity(qs[2]);
+                        for i in 0..qs[2] {
+                            let seen = start + i + 1;
+                            rows.push(attention(
+                                ops,
+                                m.attention,
+                                &ops.narrow(&qb, 2, i, 1)?,
+                                &ops.narrow(&kb, 2, 0, seen)?,
+                                &ops.narrow(&vb, 2, 0, seen)?,
+                                None,
+                                scale,
+                            )?);
+                        }
+                        batch.push(ops.cat(&rows, 2)?);
                     }
-                    batch.push(ops.cat(&rows, 2)?);
-                }
-                ops.cat(&batch, 0)?
+                    ops.cat(&batch, 0)?
                 }
                 (Execution::FixedShape { tile }, Some(pad)) => fixed_attention(
                     ops,

@@ -52,7 +52,7 @@ pub use device::{BackendId, DeviceKind};
 pub use dtype::DType;
 pub use fingerprint::fingerprint;
 pub use host::HostTensor;
-pub use probe::{ProbeOp, ProbePoint, ProbeRequest};
 pub use model::{Activation, AttentionForm, DecoderSpec, ModelSpec, Norm, ResidualMlpSpec};
+pub use probe::{ProbeOp, ProbePoint, ProbeRequest};
 pub use request::{Checkpoints, Execution, Row, RunRequest, Schedule};
 pub use weights::{Weights, WeightsError, generate_input};

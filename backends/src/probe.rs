@@ -299,7 +299,12 @@ mod tests {
         fn upload(&self, t: &HostTensor, d: DType) -> OpResult<Self::T> {
             F64.upload(t, d)
         }
-        fn prepare_linear(&self, w: &HostTensor, b: &HostTensor, d: DType) -> OpResult<Self::Linear> {
+        fn prepare_linear(
+            &self,
+            w: &HostTensor,
+            b: &HostTensor,
+            d: DType,
+        ) -> OpResult<Self::Linear> {
             F64.prepare_linear(w, b, d)
         }
         fn linear(&self, x: &Self::T, l: &Self::Linear) -> OpResult<Self::T> {
@@ -314,7 +319,14 @@ mod tests {
                 _ => Ok(y),
             }
         }
-        fn norm(&self, k: Norm, x: &Self::T, w: &Self::T, b: Option<&Self::T>, eps: f64) -> OpResult<Self::T> {
+        fn norm(
+            &self,
+            k: Norm,
+            x: &Self::T,
+            w: &Self::T,
+            b: Option<&Self::T>,
+            eps: f64,
+        ) -> OpResult<Self::T> {
             F64.norm(k, x, w, b, eps)
         }
         fn activation(&self, x: &Self::T, a: Activation) -> OpResult<Self::T> {
@@ -374,8 +386,19 @@ mod tests {
     fn the_probe_finds_an_injected_kernel_change_at_one_row_count() {
         let rows: Vec<usize> = (1..=12).collect();
         let clean = run(&CLEAN, &linear_probe(rows.clone())).expect("probe");
-        assert_eq!(classes(&clean), vec![vec![(1, 12)]], "the oracle's linear is one class");
-        let odd = run(&Injected { odd_m: 7, tail: false }, &linear_probe(rows)).expect("probe");
+        assert_eq!(
+            classes(&clean),
+            vec![vec![(1, 12)]],
+            "the oracle's linear is one class"
+        );
+        let odd = run(
+            &Injected {
+                odd_m: 7,
+                tail: false,
+            },
+            &linear_probe(rows),
+        )
+        .expect("probe");
         assert_eq!(
             classes(&odd),
             vec![vec![(1, 6), (8, 12)], vec![(7, 7)]],
@@ -383,15 +406,32 @@ mod tests {
         );
         // Another kernel for all M rows at once changes no row's dependence
         // on its neighbours.
-        assert!(odd.iter().all(|p| !p.position_dependent() && !p.values_dependent()));
+        assert!(
+            odd.iter()
+                .all(|p| !p.position_dependent() && !p.values_dependent())
+        );
     }
 
     #[test]
     fn the_probe_finds_a_row_whose_result_depends_on_its_position() {
-        let p = run(&Injected { odd_m: 5, tail: true }, &linear_probe(vec![4, 5, 6])).expect("probe");
-        let dependent: Vec<usize> = p.iter().filter(|p| p.position_dependent()).map(|p| p.m).collect();
+        let p = run(
+            &Injected {
+                odd_m: 5,
+                tail: true,
+            },
+            &linear_probe(vec![4, 5, 6]),
+        )
+        .expect("probe");
+        let dependent: Vec<usize> = p
+            .iter()
+            .filter(|p| p.position_dependent())
+            .map(|p| p.m)
+            .collect();
         assert_eq!(dependent, vec![5]);
-        assert_eq!(p[1].positions, 2, "the last row differs from the other four");
+        assert_eq!(
+            p[1].positions, 2,
+            "the last row differs from the other four"
+        );
     }
 
     /// Fixed-shape execution probes its tile first: a library whose linear
@@ -424,10 +464,20 @@ mod tests {
             threads: None,
             execution: Execution::FixedShape { tile: 5 },
         };
-        let bad = crate::exec::run(&Injected { odd_m: 5, tail: true }, "injected", &req)
-            .expect_err("a position-dependent tile must be refused");
+        let bad = crate::exec::run(
+            &Injected {
+                odd_m: 5,
+                tail: true,
+            },
+            "injected",
+            &req,
+        )
+        .expect_err("a position-dependent tile must be refused");
         let msg = bad.to_string();
-        assert!(msg.contains("cannot be batch-invariant with a tile of 5 rows"), "{msg}");
+        assert!(
+            msg.contains("cannot be batch-invariant with a tile of 5 rows"),
+            "{msg}"
+        );
         assert!(msg.contains("linear 24→24"), "{msg}");
         assert!(crate::exec::run(&CLEAN, "clean", &req).is_ok());
     }

@@ -24,10 +24,10 @@ use crate::backend::{Backend, BackendError, BackendInfo, Capability};
 use crate::device::{BackendId, DeviceKind};
 use crate::dtype::DType;
 use crate::exec;
-use crate::probe::{self, ProbePoint, ProbeRequest};
 use crate::host::HostTensor;
 use crate::model::{Activation, Norm};
 use crate::ops::{OpResult, Ops};
+use crate::probe::{self, ProbePoint, ProbeRequest};
 use crate::request::{Checkpoints, RunRequest};
 
 /// The tch backends: `tch-cpu`, and `tch-cuda` (unavailable when libtorch

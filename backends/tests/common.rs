@@ -3,8 +3,8 @@
 #![allow(dead_code, missing_docs)]
 
 use layerdrift_backends::{
-    Activation, AttentionForm, Backend, Checkpoints, DType, DecoderSpec, ModelSpec, Norm,
-    ResidualMlpSpec, Row, RunRequest, Schedule, Weights, generate_input, registry, Execution,
+    Activation, AttentionForm, Backend, Checkpoints, DType, DecoderSpec, Execution, ModelSpec,
+    Norm, ResidualMlpSpec, Row, RunRequest, Schedule, Weights, generate_input, registry,
 };
 
 /// Every backend of this build that can run here, without the oracle. Fails

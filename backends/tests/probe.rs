@@ -56,9 +56,19 @@ fn the_probe_answers_every_row_count_deterministically() {
                 .flatten()
                 .map(|(lo, hi)| rows.iter().filter(|m| (*lo..=*hi).contains(m)).count())
                 .sum();
-            assert_eq!(covered, rows.len(), "{} {op}: classes cover each M once", b.id());
+            assert_eq!(
+                covered,
+                rows.len(),
+                "{} {op}: classes cover each M once",
+                b.id()
+            );
             assert!(first.iter().all(|p| p.positions >= 1 && p.positions <= p.m));
-            assert_eq!(b.probe(&r).expect("again"), first, "{} {op}: not deterministic", b.id());
+            assert_eq!(
+                b.probe(&r).expect("again"),
+                first,
+                "{} {op}: not deterministic",
+                b.id()
+            );
         }
     }
 }
@@ -68,7 +78,10 @@ fn a_zero_width_or_zero_row_probe_is_refused() {
     for b in registry().into_iter().filter(|b| b.available().is_ok()) {
         for (r, what) in [
             (req(ProbeOp::Linear, 0, 4, vec![1]), "a width of 0"),
-            (req(ProbeOp::LayerNorm, 8, 0, vec![2, 0]), "a row count of 0"),
+            (
+                req(ProbeOp::LayerNorm, 8, 0, vec![2, 0]),
+                "a row count of 0",
+            ),
         ] {
             let e = b.probe(&r).expect_err("must be refused").to_string();
             assert!(e.contains(what), "{}: {e}", b.id());

@@ -17,7 +17,9 @@
 //! passes) minus a prefill-only run of the same 248 positions (the same
 //! first segment, observed at its last position), per repetition.
 //! `--skip-slow` leaves out `batch_invariant` at batch 16 (16,384 rows one at
-//! a time through 20 layers: minutes per run on the slower backends);
+//! a time through 20 layers: minutes per run on the slower backends) and
+//! for the decode (its prefill-only run alone is a batch-invariant prefill
+//! of 248 positions, ~1.5 min on burn-ndarray);
 //! `--invariant-reps N` runs `batch_invariant` in the first N repetitions
 //! only (its factor is 6–23×: the noise of one run does not matter there).
 //! Built in release (`cargo bench`'s profile), as a deployment would be.
@@ -185,7 +187,9 @@ fn measure(
             .map_err(|e| e.to_string())
     };
     let (wall, out) = session
-        .with_request(s, v, strategy, |req| timed(&RunRequest { execution, ..*req }))
+        .with_request(s, v, strategy, |req| {
+            timed(&RunRequest { execution, ..*req })
+        })
         .map_err(|e| e.to_string())??;
     if case != Case::DecoderDecode {
         return Ok((wall, out));
@@ -221,7 +225,10 @@ fn distance(out: &Checkpoints, truth: &Checkpoints) -> (f64, f64) {
     let d: Vec<f64> = a.iter().zip(t).map(|(x, y)| (x - y).abs()).collect();
     let mean = d.iter().sum::<f64>() / d.len().max(1) as f64;
     // NaN must show, not vanish in a max.
-    let max = d.iter().copied().fold(0.0, |m: f64, x| if x.is_nan() { x } else { m.max(x) });
+    let max = d
+        .iter()
+        .copied()
+        .fold(0.0, |m: f64, x| if x.is_nan() { x } else { m.max(x) });
     (mean, max)
 }
 
@@ -295,7 +302,7 @@ fn main() -> std::process::ExitCode {
                 };
                 for (m, &mode) in modes.iter().enumerate() {
                     if mode == Execution::BatchInvariant
-                        && ((a.skip_slow && *case == Case::SeedB16)
+                        && ((a.skip_slow && matches!(case, Case::SeedB16 | Case::DecoderDecode))
                             || rep >= a.invariant_reps.unwrap_or(a.reps))
                     {
                         continue;

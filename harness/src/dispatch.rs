@@ -8,7 +8,7 @@
 //! through the same adapter ops the models use; this module chooses the
 //! shapes (from scenarios), checks a request against the memory limit,
 //! and turns the points into a table, a JSON document and a snapshot
-//! document. The SVG is [`crate::plot::dispatch_svg`].
+//! document. The SVG is `plot::dispatch_svg`.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -58,11 +58,18 @@ impl Shape {
     /// and the library's temporaries, ×2 for the host copies), in f64 so no
     /// request can overflow it.
     pub fn bytes(&self, m: usize, dtype: DType) -> f64 {
-        let (m, w, o, h) = (m as f64, self.width as f64, self.out as f64, self.heads as f64);
+        let (m, w, o, h) = (
+            m as f64,
+            self.width as f64,
+            self.out as f64,
+            self.heads as f64,
+        );
         let size = dtype.size() as f64 + 8.0;
         size * match self.op {
             ProbeOp::Linear => 2.0 * m * (w + o) + w * o,
-            ProbeOp::Attention | ProbeOp::FusedAttention => h * (3.0 * m * w + 2.0 * o * w + 2.0 * m * o),
+            ProbeOp::Attention | ProbeOp::FusedAttention => {
+                h * (3.0 * m * w + 2.0 * o * w + 2.0 * m * o)
+            }
             _ => 4.0 * m * w,
         }
     }
@@ -169,7 +176,12 @@ pub fn parse_rows(s: &str) -> Result<Vec<usize>, String> {
 
 /// The first shape and row count whose probe would need more than `limit`
 /// bytes, as an error naming both and the estimate.
-pub fn check_memory(shapes: &[Shape], rows: &[usize], dtype: DType, limit: u64) -> Result<(), String> {
+pub fn check_memory(
+    shapes: &[Shape],
+    rows: &[usize],
+    dtype: DType,
+    limit: u64,
+) -> Result<(), String> {
     let m = rows.iter().copied().max().unwrap_or(1);
     for s in shapes {
         let b = s.bytes(m, dtype);
@@ -256,8 +268,16 @@ pub fn probe_backend(
                 shape: *shape,
                 label: shape.label(),
                 classes: classes(ok),
-                position_dependent: ok.iter().filter(|p| p.position_dependent()).map(|p| p.m).collect(),
-                values_dependent: ok.iter().filter(|p| p.values_dependent()).map(|p| p.m).collect(),
+                position_dependent: ok
+                    .iter()
+                    .filter(|p| p.position_dependent())
+                    .map(|p| p.m)
+                    .collect(),
+                values_dependent: ok
+                    .iter()
+                    .filter(|p| p.values_dependent())
+                    .map(|p| p.m)
+                    .collect(),
                 unsupported: points.as_ref().err().cloned(),
                 points,
                 seconds,
@@ -283,7 +303,13 @@ pub fn classes_text(classes: &[Vec<(usize, usize)>]) -> String {
         .map(|runs| {
             let inner: Vec<String> = runs
                 .iter()
-                .map(|&(lo, hi)| if lo == hi { lo.to_string() } else { format!("{lo}–{hi}") })
+                .map(|&(lo, hi)| {
+                    if lo == hi {
+                        lo.to_string()
+                    } else {
+                        format!("{lo}–{hi}")
+                    }
+                })
                 .collect();
             format!("{{{}}}", inner.join(", "))
         })
@@ -305,7 +331,13 @@ pub fn counts_text(ms: &[usize], rows: &[usize]) -> String {
         }
     }
     runs.iter()
-        .map(|&(lo, hi)| if lo == hi { lo.to_string() } else { format!("{lo}–{hi}") })
+        .map(|&(lo, hi)| {
+            if lo == hi {
+                lo.to_string()
+            } else {
+                format!("{lo}–{hi}")
+            }
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -326,11 +358,18 @@ impl Map {
             self.backend,
             self.version,
             self.class,
-            self.threads.map_or("library default".into(), |t| t.to_string()),
+            self.threads
+                .map_or("library default".into(), |t| t.to_string()),
             self.dtype,
             rows_text(&self.rows)
         );
-        let w = self.entries.iter().map(|e| e.label.len()).max().unwrap_or(0).max(5);
+        let w = self
+            .entries
+            .iter()
+            .map(|e| e.label.len())
+            .max()
+            .unwrap_or(0)
+            .max(5);
         let _ = writeln!(
             s,
             "  {:<w$}  {:<40}  {:<16}  {:<16}  {:>6}",
@@ -402,7 +441,11 @@ mod tests {
     #[test]
     fn rows_parse_ranges_and_counts() {
         assert_eq!(parse_rows("1-3, 8,2").unwrap(), vec![1, 2, 3, 8]);
-        assert!(parse_rows("0").unwrap_err().contains("`0` is not a row count"));
+        assert!(
+            parse_rows("0")
+                .unwrap_err()
+                .contains("`0` is not a row count")
+        );
         assert!(parse_rows("5-2").unwrap_err().contains("empty range"));
         assert!(parse_rows(" , ").unwrap_err().contains("no row counts"));
         assert!(parse_rows("1-x").unwrap_err().contains("`x`"));
@@ -413,8 +456,14 @@ mod tests {
     #[test]
     fn texts_join_consecutive_probed_counts() {
         let rows = default_rows();
-        assert_eq!(classes_text(&[vec![(1, 1)], vec![(2, 15), (64, 4096)]]), "{1} {2–15, 64–4096}");
-        assert_eq!(counts_text(&[5, 6, 7, 9, 128, 256], &rows), "5–7, 9, 128–256");
+        assert_eq!(
+            classes_text(&[vec![(1, 1)], vec![(2, 15), (64, 4096)]]),
+            "{1} {2–15, 64–4096}"
+        );
+        assert_eq!(
+            counts_text(&[5, 6, 7, 9, 128, 256], &rows),
+            "5–7, 9, 128–256"
+        );
         assert_eq!(counts_text(&[], &rows), "—");
         assert_eq!(rows_text(&rows), "1–64, 128, 256, 512, 1024, 2048, 4096");
         assert_eq!(rows_text(&[1, 2, 4, 8]), "1–2, 4, 8");

@@ -263,13 +263,18 @@ fn probe(a: ProbeArgs) -> Result<ExitCode> {
         anyhow::bail!("--threads: between 1 and 1024");
     }
     let dtype = layerdrift_backends::DType::F32;
-    dispatch::check_memory(&shapes, &rows, dtype, env().memory_limit).map_err(anyhow::Error::msg)?;
+    dispatch::check_memory(&shapes, &rows, dtype, env().memory_limit)
+        .map_err(anyhow::Error::msg)?;
     let known = session.known_ids();
     for want in &a.backends {
         if !known.iter().any(|id| id.matches(want)) {
             anyhow::bail!(
                 "--backends: no backend `{want}` in this build; known: {}",
-                known.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+                known
+                    .iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
     }
@@ -286,7 +291,8 @@ fn probe(a: ProbeArgs) -> Result<ExitCode> {
         }
         let class = layerdrift::class::class_of(b.as_ref());
         let t = std::time::Instant::now();
-        let map = dispatch::probe_backend(b.as_ref(), &class, &shapes, &rows, dtype, Some(a.threads));
+        let map =
+            dispatch::probe_backend(b.as_ref(), &class, &shapes, &rows, dtype, Some(a.threads));
         print!("{}", map.table());
         println!("  ({:.1} s)\n", t.elapsed().as_secs_f64());
         maps.push(map);
@@ -294,7 +300,9 @@ fn probe(a: ProbeArgs) -> Result<ExitCode> {
     if maps.is_empty() {
         anyhow::bail!("no backend of this build can run here (see `layerdrift list`)");
     }
-    let out = a.out.unwrap_or_else(|| root().join("target/layerdrift/probe"));
+    let out = a
+        .out
+        .unwrap_or_else(|| root().join("target/layerdrift/probe"));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let svg = out.join("dispatch-map.svg");
     std::fs::write(&svg, layerdrift::plot::dispatch_svg(&maps))

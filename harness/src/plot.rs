@@ -347,32 +347,6 @@ pub fn figures(
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn svg_has_a_path_per_series_and_escapes_text() {
-        let p = Panel {
-            title: "residual=<on>".into(),
-            series: vec![
-                Series::new("a", vec![1e-7, 2e-7, 3e-7]),
-                Series::new("b", vec![0.0, f64::NAN, 0.0]),
-            ],
-        };
-        let s = svg("t", "mean", &[p], false);
-        assert_eq!(s.matches("<path").count(), 2);
-        assert!(s.contains("residual=&lt;on&gt;"));
-        assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
-    }
-
-    #[test]
-    fn ticks_cover_the_max() {
-        let t = linear_ticks(3.2e-6);
-        assert!(*t.last().unwrap() >= 3.2e-6 && t[0] == 0.0);
-    }
-}
-
 /// The kernel-dispatch map as an SVG: one panel per backend, one band per
 /// probed shape, one cell per probed row count `M` (equal widths, so the
 /// powers of two past 64 get room), coloured by kernel-equivalence class
@@ -459,7 +433,8 @@ pub fn dispatch_svg(maps: &[crate::dispatch::Map]) -> String {
                 let (cx, cy) = (x + CELL / 2.0, y + (BAND - 2.0) / 2.0);
                 if let Some(p) = points.iter().find(|p| p.m == m) {
                     if p.position_dependent() {
-                        let _ = writeln!(s, r#"<circle cx="{cx}" cy="{cy}" r="2.2" fill="black"/>"#);
+                        let _ =
+                            writeln!(s, r#"<circle cx="{cx}" cy="{cy}" r="2.2" fill="black"/>"#);
                     }
                     if p.values_dependent() {
                         let _ = writeln!(
@@ -491,4 +466,30 @@ pub fn dispatch_svg(maps: &[crate::dispatch::Map]) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn svg_has_a_path_per_series_and_escapes_text() {
+        let p = Panel {
+            title: "residual=<on>".into(),
+            series: vec![
+                Series::new("a", vec![1e-7, 2e-7, 3e-7]),
+                Series::new("b", vec![0.0, f64::NAN, 0.0]),
+            ],
+        };
+        let s = svg("t", "mean", &[p], false);
+        assert_eq!(s.matches("<path").count(), 2);
+        assert!(s.contains("residual=&lt;on&gt;"));
+        assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
+    }
+
+    #[test]
+    fn ticks_cover_the_max() {
+        let t = linear_ticks(3.2e-6);
+        assert!(*t.last().unwrap() >= 3.2e-6 && t[0] == 0.0);
+    }
 }

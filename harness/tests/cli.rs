@@ -200,3 +200,71 @@ fn a_baseline_round_trips_and_a_foreign_one_is_refused() {
         "{stderr}"
     );
 }
+
+/// `layerdrift probe` on a small shape: a table, an SVG and JSON with one
+/// entry per backend and shape; bad arguments exit 2 with the reason.
+#[test]
+fn probe_writes_the_dispatch_map_and_refuses_bad_arguments() {
+    let dir = tmp_dir("probe");
+    let json = dir.join("map.json");
+    let small = scenario("small-residual-mlp.yaml");
+    let (code, stdout, stderr) = layerdrift(&[
+        "probe".as_ref(),
+        "--backends".as_ref(),
+        "reference,candle".as_ref(),
+        "--ops".as_ref(),
+        "layer_norm,linear".as_ref(),
+        "--rows".as_ref(),
+        "1-4,8".as_ref(),
+        "--scenarios".as_ref(),
+        small.as_os_str(),
+        "--out".as_ref(),
+        dir.as_os_str(),
+        "--json".as_ref(),
+        json.as_os_str(),
+    ]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("layer_norm 128"), "{stdout}");
+    assert!(stdout.contains("M = 1–4, 8"), "{stdout}");
+    let svg = std::fs::read_to_string(dir.join("dispatch-map.svg")).expect("the SVG");
+    assert!(
+        svg.starts_with("<svg") && svg.contains("linear 128→256"),
+        "{svg}"
+    );
+    let maps: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("the JSON")).expect("JSON");
+    let maps = maps.as_array().expect("one map per backend");
+    assert_eq!(maps.len(), 2);
+    for m in maps {
+        let entries = m["entries"].as_array().expect("entries");
+        // small-residual-mlp: layer_norm 128, linear 128→256 and 256→128.
+        assert_eq!(entries.len(), 3, "{m}");
+        for e in entries {
+            let covered: u64 = e["classes"]
+                .as_array()
+                .expect("classes")
+                .iter()
+                .flat_map(|c| c.as_array().expect("runs").clone())
+                .map(|r| {
+                    let (lo, hi) = (r[0].as_u64().unwrap(), r[1].as_u64().unwrap());
+                    [1u64, 2, 3, 4, 8]
+                        .iter()
+                        .filter(|m| (lo..=hi).contains(m))
+                        .count() as u64
+                })
+                .sum();
+            assert_eq!(covered, 5, "every probed M is in exactly one class: {e}");
+        }
+    }
+    for (args, want) in [
+        (&["probe", "--rows", "0-3"][..], "`0` is not a row count"),
+        (&["probe", "--rows", "9-2"][..], "an empty range"),
+        (&["probe", "--backends", "nope"][..], "no backend `nope`"),
+        (&["probe", "--max-width", "1"][..], "no shapes to probe"),
+        (&["probe", "--rows", "1,100000000"][..], "more than the"),
+    ] {
+        let (code, _, stderr) = layerdrift(args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+    }
+}

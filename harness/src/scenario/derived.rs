@@ -9,8 +9,8 @@ use layerdrift_backends::weights::read_safetensors;
 use layerdrift_backends::{DType, Execution, Row, Weights};
 
 use super::budget::{MAX_VARIANTS, estimate_bytes, human};
-use super::observe;
 use super::fields::tile_path;
+use super::observe;
 use super::raw::FIXED_SHAPE_TILE;
 use super::validate::{Fields, Validator};
 use super::{InputSource, Scenario, Strategy, WeightSource};

@@ -4,8 +4,7 @@
 use std::collections::HashMap;
 
 use layerdrift_backends::{
-    Activation, AttentionForm, DType, DecoderSpec, Execution, ModelSpec, Norm, ResidualMlpSpec,
-    Row,
+    Activation, AttentionForm, DType, DecoderSpec, Execution, ModelSpec, Norm, ResidualMlpSpec, Row,
 };
 
 use super::Variant;
