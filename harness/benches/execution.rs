@@ -21,7 +21,8 @@
 //! for the decode (its prefill-only run alone is a batch-invariant prefill
 //! of 248 positions, ~1.5 min on burn-ndarray);
 //! `--invariant-reps N` runs `batch_invariant` in the first N repetitions
-//! only (its factor is 6–23×: the noise of one run does not matter there).
+//! only (its factor is 6–23×: the noise of one run does not matter there;
+//! 0 leaves it out).
 //! Built in release (`cargo bench`'s profile), as a deployment would be.
 
 use std::time::Instant;
@@ -112,7 +113,13 @@ fn args() -> Result<Args, String> {
             "--reps" => a.reps = count(it.next(), "--reps")?,
             "--tile" => a.tile = count(it.next(), "--tile")?,
             "--skip-slow" => a.skip_slow = true,
-            "--invariant-reps" => a.invariant_reps = Some(count(it.next(), "--invariant-reps")?),
+            "--invariant-reps" => {
+                a.invariant_reps = Some(
+                    it.next()
+                        .and_then(|n| n.parse().ok())
+                        .ok_or("--invariant-reps: a count ≥ 0")?,
+                )
+            }
             "--backends" => {
                 a.backends = it
                     .next()
