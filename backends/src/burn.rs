@@ -764,6 +764,7 @@ mod tests {
             observed: &OBSERVED,
             threads: None,
             execution: Execution::Standard,
+            diagnose: Default::default(),
         })
     }
 

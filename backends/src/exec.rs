@@ -4,13 +4,15 @@
 //! out, downloaded, and the activation is dropped when the next layer
 //! replaces it.
 
+use std::cell::{Cell, RefCell};
+
 use crate::backend::BackendError;
 use crate::dtype::DType;
 use crate::host::HostTensor;
 use crate::model::{AttentionForm, DecoderSpec, ModelSpec, Norm, ResidualMlpSpec};
 use crate::ops::{OpResult, Ops};
 use crate::probe::{self, ProbeOp, ProbeRequest};
-use crate::request::{Checkpoints, Execution, Row, RunRequest, Schedule};
+use crate::request::{Checkpoints, Execution, OpCheckpoint, Row, RunRequest, Schedule};
 use crate::weights::Weights;
 
 /// Runs `req` with `ops`; `backend` names the backend in errors.
@@ -29,6 +31,155 @@ pub(crate) fn run<O: Ops>(
     }
 }
 
+/// One observed row inside the tensor an op is called on: checkpoint slot
+/// `slot`, at `[b, s, …]` of that tensor (`[b, heads, s, …]` once split into
+/// heads), absolute sequence position `pos`.
+#[derive(Clone, Copy, Debug)]
+struct Pick {
+    slot: usize,
+    b: usize,
+    s: usize,
+    pos: usize,
+}
+
+/// The picks of `at` that fall in row `(b, s)` of a tensor, re-addressed to
+/// row `(0, 0)` of that row alone.
+fn picks_at(at: &[Pick], b: usize, s: usize) -> Vec<Pick> {
+    at.iter()
+        .filter(|p| p.b == b && p.s == s)
+        .map(|p| Pick { b: 0, s: 0, ..*p })
+        .collect()
+}
+
+/// Op-level checkpoints being recorded ([`crate::Diagnose::ops`]):
+/// `rec[layer][op][slot]`, filled as the ops run. Off, every call is a
+/// no-op, so an unobserved run computes exactly what it always did; on, it
+/// only narrows and downloads the observed rows (no op's result changes).
+struct Taps {
+    names: Vec<&'static str>,
+    layer: Cell<usize>,
+    rec: RefCell<Vec<Vec<Vec<Option<Vec<f64>>>>>>,
+}
+
+impl Taps {
+    fn new(model: &ModelSpec, on: bool, rows: usize) -> Taps {
+        let names = if on { model.op_names() } else { Vec::new() };
+        let layers = if on { model.layers() } else { 0 };
+        Taps {
+            rec: RefCell::new(vec![vec![vec![None; rows]; names.len()]; layers]),
+            names,
+            layer: Cell::new(0),
+        }
+    }
+
+    fn put(&self, op: &'static str, slot: usize, values: Vec<f64>) -> OpResult<()> {
+        let i = self
+            .names
+            .iter()
+            .position(|n| *n == op)
+            .ok_or_else(|| format!("internal: op `{op}` is not in the model's op list"))?;
+        self.rec.borrow_mut()[self.layer.get()][i][slot]
+            .get_or_insert_with(Vec::new)
+            .extend(values);
+        Ok(())
+    }
+
+    /// Records op `op`'s output `y` (`[b, s, width]`) at the picks.
+    fn rows<O: Ops>(&self, ops: &O, op: &'static str, y: &O::T, at: &[Pick]) -> OpResult<()> {
+        if self.names.is_empty() {
+            return Ok(());
+        }
+        for p in at {
+            let r = ops.narrow(&ops.narrow(y, 0, p.b, 1)?, 1, p.s, 1)?;
+            self.put(op, p.slot, ops.download(&r)?)?;
+        }
+        Ok(())
+    }
+
+    /// Records `y` (`[b, heads, s, width]`) at the picks; with `keys`, only
+    /// the keys `0..=pos` a query at `pos` may see.
+    fn heads<O: Ops>(
+        &self,
+        ops: &O,
+        op: &'static str,
+        y: &O::T,
+        at: &[Pick],
+        keys: bool,
+    ) -> OpResult<()> {
+        if self.names.is_empty() {
+            return Ok(());
+        }
+        for p in at {
+            let mut r = ops.narrow(&ops.narrow(y, 0, p.b, 1)?, 2, p.s, 1)?;
+            if keys {
+                r = ops.narrow(&r, 3, 0, p.pos + 1)?;
+            }
+            self.put(op, p.slot, ops.download(&r)?)?;
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> OpResult<Vec<OpCheckpoint>> {
+        let mut out = Vec::new();
+        for (l, per_op) in self.rec.into_inner().into_iter().enumerate() {
+            for (&op, rows) in self.names.iter().zip(per_op) {
+                let rows = rows
+                    .into_iter()
+                    .map(|r| {
+                        r.ok_or_else(|| {
+                            format!(
+                                "internal: op `{op}` of layer {} was not recorded for every observed row",
+                                l + 1
+                            )
+                        })
+                    })
+                    .collect::<OpResult<_>>()?;
+                out.push(OpCheckpoint { layer: l, op, rows });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `x` (`[batch, len, dim]`) with the rows at `at` replaced by `rows`
+/// (row-major by slot, `dim` wide): teacher forcing
+/// ([`crate::Diagnose::forced`]). The other rows keep their values and the
+/// tensor its shape, so every kernel of the layer sees what it would have.
+fn replace_rows<O: Ops>(
+    ops: &O,
+    x: &O::T,
+    at: &[Pick],
+    rows: &[f64],
+    dtype: DType,
+) -> OpResult<O::T> {
+    let s = ops.shape(x);
+    let (n, dim) = (s[0] * s[1], s[2]);
+    let flat = ops.reshape(x, &[1, n, dim])?;
+    let mut flat_at: Vec<(usize, usize)> = at.iter().map(|p| (p.b * s[1] + p.s, p.slot)).collect();
+    flat_at.sort_unstable();
+    flat_at.dedup_by_key(|(f, _)| *f);
+    let mut parts = Vec::with_capacity(2 * flat_at.len() + 1);
+    let mut next = 0;
+    for (f, slot) in flat_at {
+        if f > next {
+            parts.push(ops.narrow(&flat, 1, next, f - next)?);
+        }
+        let row = rows
+            .get(slot * dim..(slot + 1) * dim)
+            .ok_or("teacher forcing: the forced rows are fewer than the observed rows")?;
+        parts.push(ops.upload_f64(&[1, 1, dim], row, dtype)?);
+        next = f + 1;
+    }
+    if next < n {
+        parts.push(ops.narrow(&flat, 1, next, n - next)?);
+    }
+    let y = match parts.len() {
+        1 => ops.fresh(&parts[0])?,
+        _ => ops.cat(&parts, 1)?,
+    };
+    ops.reshape(&y, &s)
+}
+
 /// Gathers `rows` of a `[batch, len, dim]` tensor whose position 0 is
 /// absolute position `offset`, in the order given, onto the host.
 fn take_rows<O: Ops>(
@@ -44,18 +195,22 @@ fn take_rows<O: Ops>(
     Ok(out)
 }
 
+/// A row-wise function: the op(s) on a `[b, len, width]` tensor, told where
+/// the observed rows sit in it (for op-level checkpoints).
+type RowFn<'a, O> = dyn Fn(&<O as Ops>::T, &[Pick]) -> OpResult<<O as Ops>::T> + 'a;
+
 /// `f` applied to every `[1, 1, width]` row of `x` (`[batch, len, width]`)
 /// alone, the results put back in place. No op inside `f` sees more than one
 /// row, so no row's result can depend on how many rows were computed with it:
 /// [`Execution::BatchInvariant`].
-fn each_row<O: Ops>(ops: &O, x: &O::T, f: &dyn Fn(&O::T) -> OpResult<O::T>) -> OpResult<O::T> {
+fn each_row<O: Ops>(ops: &O, x: &O::T, at: &[Pick], f: &RowFn<'_, O>) -> OpResult<O::T> {
     let s = ops.shape(x);
     let mut batch = Vec::with_capacity(s[0]);
     for b in 0..s[0] {
         let xb = ops.narrow(x, 0, b, 1)?;
         let mut rows = Vec::with_capacity(s[1]);
         for p in 0..s[1] {
-            rows.push(f(&ops.narrow(&xb, 1, p, 1)?)?);
+            rows.push(f(&ops.narrow(&xb, 1, p, 1)?, &picks_at(at, b, p))?);
         }
         batch.push(ops.cat(&rows, 1)?);
     }
@@ -173,13 +328,14 @@ impl<O: Ops> Mode<O> {
         })
     }
 
-    /// `f` on `x` (`[batch, len, dim]`) as the mode says: on the whole of
-    /// `x`, on each row alone, or on fixed tiles of rows.
-    fn rowwise(&self, ops: &O, x: &O::T, f: &dyn Fn(&O::T) -> OpResult<O::T>) -> OpResult<O::T> {
+    /// `f` on `x` (`[batch, len, dim]`, the observed rows at `at`) as the
+    /// mode says: on the whole of `x`, on each row alone, or on fixed tiles
+    /// of rows.
+    fn rowwise(&self, ops: &O, x: &O::T, at: &[Pick], f: &RowFn<'_, O>) -> OpResult<O::T> {
         match (self.execution, &self.pad) {
-            (Execution::BatchInvariant, _) => each_row(ops, x, f),
-            (Execution::FixedShape { tile }, Some(pad)) => each_tile(ops, x, tile, pad, f),
-            _ => f(x),
+            (Execution::BatchInvariant, _) => each_row(ops, x, at, f),
+            (Execution::FixedShape { tile }, Some(pad)) => each_tile(ops, x, at, tile, pad, f),
+            _ => f(x, at),
         }
     }
 }
@@ -191,9 +347,10 @@ impl<O: Ops> Mode<O> {
 fn each_tile<O: Ops>(
     ops: &O,
     x: &O::T,
+    at: &[Pick],
     tile: usize,
     pad: &O::T,
-    f: &dyn Fn(&O::T) -> OpResult<O::T>,
+    f: &RowFn<'_, O>,
 ) -> OpResult<O::T> {
     let s = ops.shape(x);
     let n = s[0] * s[1];
@@ -202,7 +359,18 @@ fn each_tile<O: Ops>(
     for start in (0..n).step_by(tile) {
         let len = tile.min(n - start);
         let t = pad_to(ops, ops.narrow(&flat, 1, start, len)?, 1, tile, pad)?;
-        let y = f(&t)?;
+        let in_tile: Vec<Pick> = at
+            .iter()
+            .filter_map(|p| {
+                let f = p.b * s[1] + p.s;
+                (start..start + len).contains(&f).then_some(Pick {
+                    b: 0,
+                    s: f - start,
+                    ..*p
+                })
+            })
+            .collect();
+        let y = f(&t, &in_tile)?;
         outs.push(if len < tile {
             ops.narrow(&y, 1, 0, len)?
         } else {
@@ -285,30 +453,73 @@ fn run_mlp<O: Ops>(ops: &O, m: &ResidualMlpSpec, req: &RunRequest<'_>) -> OpResu
             return Err("a KV-cache schedule needs a decoder model, not residual_mlp".into());
         }
     };
+    let at: Vec<Pick> = picks
+        .iter()
+        .zip(req.observed)
+        .enumerate()
+        .map(|(slot, (&(b, s), r))| Pick {
+            slot,
+            b,
+            s,
+            pos: r.pos,
+        })
+        .collect();
+    let forced = req.diagnose.forced;
+    if let Some(f) = forced {
+        if (f.rows, f.dim, f.layers.len()) != (req.observed.len(), m.dim, m.layers) {
+            return Err(format!(
+                "teacher forcing: the forced run has {} rows × {} wide × {} layers, this one {} × {} × {}",
+                f.rows,
+                f.dim,
+                f.layers.len(),
+                req.observed.len(),
+                m.dim,
+                m.layers
+            ));
+        }
+    }
+    let taps = Taps::new(req.model, req.diagnose.ops, req.observed.len());
     let mode = Mode::new(ops, req, m.dim, 0)?;
     let mut x = ops.upload(input, req.dtype)?;
     let mut out = Vec::with_capacity(m.layers);
     for l in 0..m.layers {
+        taps.layer.set(l);
+        if let (Some(f), true) = (forced, l > 0) {
+            x = replace_rows(ops, &x, &at, &f.layers[l - 1], req.dtype)?;
+        }
         // One layer's weights on the device at a time: a pass uses each layer
         // once, so the model's weights never sit on the device in full.
         let layer = upload_mlp_layer(ops, m, l, req)?;
-        let block = |x: &O::T| -> OpResult<O::T> {
+        let block = |x: &O::T, at: &[Pick]| -> OpResult<O::T> {
             // One binding, reassigned: each intermediate is dropped as soon
             // as the next exists (shadowing would keep all five alive).
             let mut h = ops.norm(m.norm, x, &layer.n1.0, layer.n1.1.as_ref(), m.eps)?;
+            taps.rows(ops, "norm1", &h, at)?;
             h = ops.linear(&h, &layer.l1)?;
+            taps.rows(ops, "linear1", &h, at)?;
             h = ops.activation(&h, m.activation)?;
+            taps.rows(ops, "act", &h, at)?;
             h = ops.linear(&h, &layer.l2)?;
-            ops.norm(m.norm, &h, &layer.n2.0, layer.n2.1.as_ref(), m.eps)
+            taps.rows(ops, "linear2", &h, at)?;
+            h = ops.norm(m.norm, &h, &layer.n2.0, layer.n2.1.as_ref(), m.eps)?;
+            taps.rows(ops, "norm2", &h, at)?;
+            Ok(h)
         };
-        let h = mode.rowwise(ops, &x, &block)?;
-        x = if m.residual { ops.add(&x, &h)? } else { h };
+        let h = mode.rowwise(ops, &x, &at, &block)?;
+        x = if m.residual {
+            let y = ops.add(&x, &h)?;
+            taps.rows(ops, "residual", &y, &at)?;
+            y
+        } else {
+            h
+        };
         out.push(take_rows(ops, &x, picks.iter().copied())?);
     }
     Ok(Checkpoints {
         dim: m.dim,
         rows: req.observed.len(),
         layers: out,
+        ops: taps.finish()?,
     })
 }
 
@@ -398,7 +609,9 @@ fn causal_mask(start: usize, end: usize) -> Option<HostTensor> {
 
 /// Scaled dot-product attention of `q` over `k`, `v` (`[b, heads, len,
 /// head_dim]`), written out (`softmax(q·kᵀ·scale + mask)·v`) or the backend's
-/// fused kernel.
+/// fused kernel; the written-out form records `scores` (before the mask)
+/// and `softmax` at the observed queries `at`.
+#[allow(clippy::too_many_arguments)]
 fn attention<O: Ops>(
     ops: &O,
     form: AttentionForm,
@@ -407,16 +620,20 @@ fn attention<O: Ops>(
     v: &O::T,
     mask: Option<&O::T>,
     scale: f64,
+    (taps, at): (&Taps, &[Pick]),
 ) -> OpResult<O::T> {
     match form {
         AttentionForm::Manual => {
             let kt = ops.transpose(k, 2, 3)?;
             let scores = ops.scale(&ops.matmul(q, &kt)?, scale)?;
+            taps.heads(ops, "scores", &scores, at, true)?;
             let scores = match mask {
                 Some(mk) => ops.add(&scores, mk)?,
                 None => scores,
             };
-            ops.matmul(&ops.softmax_last(&scores)?, v)
+            let p = ops.softmax_last(&scores)?;
+            taps.heads(ops, "softmax", &p, at, true)?;
+            ops.matmul(&p, v)
         }
         AttentionForm::Fused => ops
             .fused_attention(q, k, v, mask, scale)
@@ -490,6 +707,7 @@ fn fixed_attention<O: Ops>(
     pad: &O::T,
     capacity: usize,
     scale: f64,
+    (taps, at): (&Taps, &[Pick]),
 ) -> OpResult<O::T> {
     let qs = ops.shape(q);
     let mut batch = Vec::with_capacity(qs[0]);
@@ -501,7 +719,25 @@ fn fixed_attention<O: Ops>(
         for (t0, mask) in (0..qs[2]).step_by(tile).zip(masks) {
             let len = tile.min(qs[2] - t0);
             let qt = pad_to(ops, ops.narrow(&qb, 2, t0, len)?, 2, tile, pad)?;
-            let att = attention(ops, form, &qt, &kb, &vb, Some(mask), scale)?;
+            let in_tile: Vec<Pick> = at
+                .iter()
+                .filter(|p| p.b == b && (t0..t0 + len).contains(&p.s))
+                .map(|p| Pick {
+                    b: 0,
+                    s: p.s - t0,
+                    ..*p
+                })
+                .collect();
+            let att = attention(
+                ops,
+                form,
+                &qt,
+                &kb,
+                &vb,
+                Some(mask),
+                scale,
+                (taps, &in_tile),
+            )?;
             tiles.push(if len < tile {
                 ops.narrow(&att, 2, 0, len)?
             } else {
@@ -520,6 +756,10 @@ fn fixed_attention<O: Ops>(
 }
 
 fn run_decoder<O: Ops>(ops: &O, m: &DecoderSpec, req: &RunRequest<'_>) -> OpResult<Checkpoints> {
+    if req.diagnose.forced.is_some() {
+        return Err("teacher forcing needs row-independent layers: a decoder row's layer input includes every earlier position's, which never leaves a backend".into());
+    }
+    let taps = Taps::new(req.model, req.diagnose.ops, req.observed.len());
     let seq = req.input.shape[1];
     let segments = match req.schedule {
         Schedule::Full => vec![(0, seq)],
@@ -573,23 +813,48 @@ fn run_decoder<O: Ops>(ops: &O, m: &DecoderSpec, req: &RunRequest<'_>) -> OpResu
     // segments' layer `l`), so the numbers are the same — but only one
     // layer's weights and one layer's K/V cache are on the device at a time.
     for (l, rows_out) in out.iter_mut().enumerate() {
+        taps.layer.set(l);
         let layer = upload_decoder_layer(ops, m, l, req)?;
         let mut cache = Cache::<O> { k: None, v: None };
         for (si, &(start, end)) in segments.iter().enumerate() {
             let SegmentConsts { masks, rope } = &consts[si];
             let x = &xs[si];
-            let norm1 = |x: &O::T| ops.norm(m.norm, x, &layer.n1.0, layer.n1.1.as_ref(), m.eps);
-            let h = mode.rowwise(ops, x, &norm1)?;
-            let proj = |w: &O::Linear| -> OpResult<O::T> {
-                let y = mode.rowwise(ops, &h, &|r: &O::T| ops.linear(r, w))?;
+            // The observed rows this segment computes.
+            let at: Vec<Pick> = req
+                .observed
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| (start..end).contains(&r.pos))
+                .map(|(slot, r)| Pick {
+                    slot,
+                    b: r.batch,
+                    s: r.pos - start,
+                    pos: r.pos,
+                })
+                .collect();
+            let norm1 = |x: &O::T, at: &[Pick]| {
+                let y = ops.norm(m.norm, x, &layer.n1.0, layer.n1.1.as_ref(), m.eps)?;
+                taps.rows(ops, "norm1", &y, at)?;
+                Ok(y)
+            };
+            let h = mode.rowwise(ops, x, &at, &norm1)?;
+            let proj = |w: &O::Linear, name: &'static str| -> OpResult<O::T> {
+                let lin = |r: &O::T, at: &[Pick]| {
+                    let y = ops.linear(r, w)?;
+                    taps.rows(ops, name, &y, at)?;
+                    Ok(y)
+                };
+                let y = mode.rowwise(ops, &h, &at, &lin)?;
                 split_heads(ops, &y, m.heads)
             };
-            let mut q = proj(&layer.q)?;
-            let mut k = proj(&layer.k)?;
-            let v = proj(&layer.v)?;
+            let mut q = proj(&layer.q, "q")?;
+            let mut k = proj(&layer.k, "k")?;
+            let v = proj(&layer.v, "v")?;
             if let Some((c, s)) = rope {
                 q = apply_rope(ops, &q, c, s)?;
                 k = apply_rope(ops, &k, c, s)?;
+                taps.heads(ops, "rope", &q, &at, false)?;
+                taps.heads(ops, "rope", &k, &at, false)?;
             }
             let k = match cache.k.take() {
                 Some(prev) => ops.cat(&[prev, k], 2)?,
@@ -622,6 +887,7 @@ fn run_decoder<O: Ops>(ops: &O, m: &DecoderSpec, req: &RunRequest<'_>) -> OpResu
                                 &ops.narrow(&vb, 2, 0, seen)?,
                                 None,
                                 scale,
+                                (&taps, &picks_at(&at, b, i)),
                             )?);
                         }
                         batch.push(ops.cat(&rows, 2)?);
@@ -637,8 +903,18 @@ fn run_decoder<O: Ops>(ops: &O, m: &DecoderSpec, req: &RunRequest<'_>) -> OpResu
                     pad,
                     capacity,
                     scale,
+                    (&taps, &at),
                 )?,
-                _ => attention(ops, m.attention, &q, &k, &v, masks.first(), scale)?,
+                _ => attention(
+                    ops,
+                    m.attention,
+                    &q,
+                    &k,
+                    &v,
+                    masks.first(),
+                    scale,
+                    (&taps, &at),
+                )?,
             };
             // The last segment's K/V are never read again.
             if si + 1 < segments.len() {
@@ -646,17 +922,29 @@ fn run_decoder<O: Ops>(ops: &O, m: &DecoderSpec, req: &RunRequest<'_>) -> OpResu
                 cache.v = Some(v);
             }
             let merged = merge_heads(ops, &att)?;
-            let att = mode.rowwise(ops, &merged, &|r: &O::T| ops.linear(r, &layer.o))?;
-            let mut x = ops.add(x, &att)?;
-            let mlp = |x: &O::T| -> OpResult<O::T> {
-                let h = ops.norm(m.norm, x, &layer.n2.0, layer.n2.1.as_ref(), m.eps)?;
-                ops.linear(
-                    &ops.activation(&ops.linear(&h, &layer.fc1)?, m.activation)?,
-                    &layer.fc2,
-                )
+            taps.rows(ops, "attn", &merged, &at)?;
+            let o = |r: &O::T, at: &[Pick]| {
+                let y = ops.linear(r, &layer.o)?;
+                taps.rows(ops, "o", &y, at)?;
+                Ok(y)
             };
-            let h = mode.rowwise(ops, &x, &mlp)?;
+            let att = mode.rowwise(ops, &merged, &at, &o)?;
+            let mut x = ops.add(x, &att)?;
+            taps.rows(ops, "residual1", &x, &at)?;
+            let mlp = |x: &O::T, at: &[Pick]| -> OpResult<O::T> {
+                let mut h = ops.norm(m.norm, x, &layer.n2.0, layer.n2.1.as_ref(), m.eps)?;
+                taps.rows(ops, "norm2", &h, at)?;
+                h = ops.linear(&h, &layer.fc1)?;
+                taps.rows(ops, "fc1", &h, at)?;
+                h = ops.activation(&h, m.activation)?;
+                taps.rows(ops, "act", &h, at)?;
+                h = ops.linear(&h, &layer.fc2)?;
+                taps.rows(ops, "fc2", &h, at)?;
+                Ok(h)
+            };
+            let h = mode.rowwise(ops, &x, &at, &mlp)?;
             x = ops.add(&x, &h)?;
+            taps.rows(ops, "residual2", &x, &at)?;
             for (i, r) in req.observed.iter().enumerate() {
                 if (start..end).contains(&r.pos) {
                     rows_out[i] = Some(take_rows(
@@ -684,6 +972,7 @@ fn run_decoder<O: Ops>(ops: &O, m: &DecoderSpec, req: &RunRequest<'_>) -> OpResu
         dim: m.dim,
         rows: req.observed.len(),
         layers,
+        ops: taps.finish()?,
     })
 }
 

@@ -58,6 +58,7 @@ pub fn fingerprint(b: &dyn Backend) -> Result<String, BackendError> {
             observed: &observed,
             threads: Some(2),
             execution: Execution::Standard,
+            diagnose: Default::default(),
         };
         b.check(&req)?;
         hash = b.run(&req)?.fnv1a(hash);

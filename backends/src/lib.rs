@@ -54,5 +54,5 @@ pub use fingerprint::fingerprint;
 pub use host::HostTensor;
 pub use model::{Activation, AttentionForm, DecoderSpec, ModelSpec, Norm, ResidualMlpSpec};
 pub use probe::{ProbeOp, ProbePoint, ProbeRequest};
-pub use request::{Checkpoints, Execution, Row, RunRequest, Schedule};
+pub use request::{Checkpoints, Diagnose, Execution, OpCheckpoint, Row, RunRequest, Schedule};
 pub use weights::{Weights, WeightsError, generate_input};

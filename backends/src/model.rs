@@ -179,6 +179,55 @@ impl ModelSpec {
         }
     }
 
+    /// The ops of one layer, in execution order: the names op-level
+    /// checkpoints ([`crate::Diagnose::ops`]) and scenarios' `diagnose: {
+    /// ops: … }` use. The last is the layer's output.
+    ///
+    /// Residual MLP: `norm1`, `linear1`, `act`, `linear2`, `norm2`, and
+    /// `residual` when it adds its input back. Decoder: `norm1`, `q`, `k`,
+    /// `v`, `rope` (with rotary embeddings), `scores` and `softmax` (written-
+    /// out attention only: a fused kernel has neither), `attn` (the heads
+    /// merged), `o`, `residual1`, `norm2`, `fc1`, `act`, `fc2`, `residual2`.
+    ///
+    /// ```
+    /// use layerdrift_backends::{ModelSpec, ResidualMlpSpec, Activation, Norm};
+    /// let m = ModelSpec::ResidualMlp(ResidualMlpSpec {
+    ///     layers: 2, dim: 4, hidden: 4, activation: Activation::GeluErf,
+    ///     norm: Norm::LayerNorm, eps: 1e-5, residual: true });
+    /// assert_eq!(m.op_names(), ["norm1", "linear1", "act", "linear2", "norm2", "residual"]);
+    /// ```
+    pub fn op_names(&self) -> Vec<&'static str> {
+        match self {
+            ModelSpec::ResidualMlp(m) => {
+                let mut v = vec!["norm1", "linear1", "act", "linear2", "norm2"];
+                if m.residual {
+                    v.push("residual");
+                }
+                v
+            }
+            ModelSpec::Decoder(m) => {
+                let mut v = vec!["norm1", "q", "k", "v"];
+                if m.rope_theta.is_some() {
+                    v.push("rope");
+                }
+                if m.attention == AttentionForm::Manual {
+                    v.extend(["scores", "softmax"]);
+                }
+                v.extend([
+                    "attn",
+                    "o",
+                    "residual1",
+                    "norm2",
+                    "fc1",
+                    "act",
+                    "fc2",
+                    "residual2",
+                ]);
+                v
+            }
+        }
+    }
+
     /// Every parameter, in `state_dict` order.
     pub fn parameters(&self) -> Vec<ParamSpec> {
         let mut out = Vec::new();

@@ -22,6 +22,13 @@ pub(crate) trait Ops {
 
     /// Uploads a host array, cast to `dtype`.
     fn upload(&self, t: &HostTensor, dtype: DType) -> OpResult<Self::T>;
+    /// Uploads f64 values (teacher forcing's rows) as an array of `shape`
+    /// in `dtype`. Default: rounded to f32 first — exact for every value a
+    /// run in f32 or a narrower type produced; the f64 oracle keeps them.
+    fn upload_f64(&self, shape: &[usize], data: &[f64], dtype: DType) -> OpResult<Self::T> {
+        let data = data.iter().map(|&x| x as f32).collect();
+        self.upload(&HostTensor::new(shape.to_vec(), data), dtype)
+    }
     /// Prepares a linear layer from PyTorch-layout `weight [out, in]` and `bias [out]`.
     fn prepare_linear(
         &self,

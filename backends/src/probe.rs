@@ -463,6 +463,7 @@ mod tests {
             observed: &observed,
             threads: None,
             execution: Execution::FixedShape { tile: 5 },
+            diagnose: Default::default(),
         };
         let bad = crate::exec::run(
             &Injected {

@@ -169,6 +169,10 @@ impl Ops for F64 {
             .map_err(|e| e.to_string())
     }
 
+    fn upload_f64(&self, shape: &[usize], data: &[f64], _: DType) -> OpResult<T> {
+        ArrayD::from_shape_vec(IxDyn(shape), data.to_vec()).map_err(|e| e.to_string())
+    }
+
     fn prepare_linear(&self, w: &HostTensor, b: &HostTensor, d: DType) -> OpResult<Self::Linear> {
         let w = self
             .upload(w, d)?

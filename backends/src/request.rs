@@ -102,6 +102,49 @@ pub struct RunRequest<'a> {
     /// How the ops that mix values within a row are called. The oracle
     /// ignores it (the f64 truth does not depend on the schedule).
     pub execution: Execution,
+    /// What to record beyond the layer checkpoints: every op's output, and
+    /// teacher forcing.
+    pub diagnose: Diagnose<'a>,
+}
+
+/// Diagnostics a run may be asked for ([`RunRequest::diagnose`]); the
+/// default asks for none, and neither changes a single bit of the layer
+/// checkpoints of an unforced run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Diagnose<'a> {
+    /// Record every op's output for the observed rows
+    /// ([`Checkpoints::ops`], in [`ModelSpec::op_names`] order).
+    ///
+    /// [`ModelSpec::op_names`]: crate::ModelSpec::op_names
+    pub ops: bool,
+    /// Teacher forcing: the observed rows of layer `l`'s input (`l ≥ 2`,
+    /// 1-based) are replaced by `forced.layers[l - 2]` — another run's rows
+    /// after layer `l - 1` — before the layer runs, so each checkpoint is
+    /// this backend's layer applied to the other run's input: the error the
+    /// layer adds by itself. Every other row, and the shapes every kernel
+    /// sees, stay this run's own. Only for row-independent models
+    /// ([`ModelSpec::ResidualMlp`]): a decoder row's layer input includes
+    /// every earlier position's, which never leaves a backend.
+    ///
+    /// [`ModelSpec::ResidualMlp`]: crate::ModelSpec::ResidualMlp
+    pub forced: Option<&'a Checkpoints>,
+}
+
+/// One op's output at one layer for every observed row — an op-level
+/// checkpoint ([`Diagnose::ops`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpCheckpoint {
+    /// Layer index, 0-based (as in [`Checkpoints::layers`]).
+    pub layer: usize,
+    /// The op's name, one of [`ModelSpec::op_names`].
+    ///
+    /// [`ModelSpec::op_names`]: crate::ModelSpec::op_names
+    pub op: &'static str,
+    /// `rows[r]`: observed row `r`'s values — the op's output row; for
+    /// `scores` and `softmax` every head's row over the keys the position
+    /// may see (head-major); for `rope` the rotated query row, then the
+    /// rotated key row (head-major).
+    pub rows: Vec<Vec<f64>>,
 }
 
 /// How a backend calls the ops that mix values within a row (norms, linears,
@@ -152,7 +195,7 @@ impl Execution {
 }
 
 /// The observed rows after every layer — the only data that leaves a backend.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Checkpoints {
     /// Width of a row.
     pub dim: usize,
@@ -161,6 +204,10 @@ pub struct Checkpoints {
     /// `layers[l]` holds the rows after layer `l + 1`, row-major
     /// `[rows, dim]`, as f64 (which holds every narrower dtype exactly).
     pub layers: Vec<Vec<f64>>,
+    /// Op-level checkpoints, layer by layer and op by op in execution order,
+    /// when [`Diagnose::ops`] asked for them; empty otherwise. The last op
+    /// of each layer is that layer's output (`layers`), bit for bit.
+    pub ops: Vec<OpCheckpoint>,
 }
 
 impl Checkpoints {

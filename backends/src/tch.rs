@@ -406,6 +406,7 @@ mod tests {
             observed,
             threads: None,
             execution: Execution::Standard,
+            diagnose: Default::default(),
         };
         backend
             .run(&req)
@@ -527,6 +528,7 @@ mod tests {
             observed: &rows,
             threads: Some(1),
             execution: Execution::Standard,
+            diagnose: Default::default(),
         };
         cpu().run(&req).unwrap();
         // The OpenMP setting is per OS thread: this one ran with 1.

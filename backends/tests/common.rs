@@ -3,8 +3,8 @@
 #![allow(dead_code, missing_docs)]
 
 use layerdrift_backends::{
-    Activation, AttentionForm, Backend, Checkpoints, DType, DecoderSpec, Execution, ModelSpec,
-    Norm, ResidualMlpSpec, Row, RunRequest, Schedule, Weights, generate_input, registry,
+    Activation, AttentionForm, Backend, Checkpoints, DType, DecoderSpec, Diagnose, Execution,
+    ModelSpec, Norm, ResidualMlpSpec, Row, RunRequest, Schedule, Weights, generate_input, registry,
 };
 
 /// Every backend of this build that can run here, without the oracle. Fails
@@ -77,6 +77,25 @@ pub fn run_exec(
     seq: usize,
     execution: Execution,
 ) -> Result<Checkpoints, String> {
+    run_diag(
+        b,
+        model,
+        schedule,
+        (batch, seq),
+        execution,
+        Diagnose::default(),
+    )
+}
+
+/// [`run_exec`] with diagnostics: op-level checkpoints, teacher forcing.
+pub fn run_diag(
+    b: &dyn Backend,
+    model: &ModelSpec,
+    schedule: &Schedule,
+    (batch, seq): (usize, usize),
+    execution: Execution,
+    diagnose: Diagnose<'_>,
+) -> Result<Checkpoints, String> {
     let weights = Weights::init(model, 11, 0.2);
     let input = generate_input(batch, seq, model.dim(), 5);
     let observed: Vec<Row> = (seq - 3..seq)
@@ -94,6 +113,7 @@ pub fn run_exec(
         observed: &observed,
         threads: None,
         execution,
+        diagnose,
     };
     b.check(&req).map_err(|e| e.to_string())?;
     b.run(&req).map_err(|e| e.to_string())

@@ -88,6 +88,7 @@ fn position_3(b: &dyn Backend, m: &ModelSpec, input: &HostTensor) -> Result<Chec
         observed: &observed,
         threads: None,
         execution: Execution::Standard,
+        diagnose: Default::default(),
     };
     b.check(&req).map_err(|e| e.to_string())?;
     b.run(&req).map_err(|e| e.to_string())

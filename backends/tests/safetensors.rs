@@ -31,6 +31,7 @@ fn run_with(
         observed: &observed,
         threads: None,
         execution: Execution::Standard,
+        diagnose: Default::default(),
     };
     fingerprint(&b.run(&req).unwrap())
 }

@@ -325,6 +325,7 @@ pub fn read(path: &Path) -> Result<Baseline, String> {
             } else {
                 values.chunks(per).map(<[f64]>::to_vec).collect()
             },
+            ops: Vec::new(),
         };
         entries.push(Arc::new(Entry {
             info: einfo,
@@ -448,6 +449,7 @@ mod tests {
                 dim: 3,
                 rows: 1,
                 layers: values,
+                ops: Vec::new(),
             },
         }
     }

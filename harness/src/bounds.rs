@@ -136,8 +136,8 @@ impl Bounds {
     /// use layerdrift::bounds::Bounds;
     /// use layerdrift::metrics::DriftProfile;
     /// use layerdrift_backends::{Checkpoints, DType};
-    /// let a = Checkpoints { dim: 1, rows: 1, layers: vec![vec![1.0], vec![f64::NAN]] };
-    /// let b = Checkpoints { dim: 1, rows: 1, layers: vec![vec![1.0], vec![1.0]] };
+    /// let a = Checkpoints { dim: 1, rows: 1, layers: vec![vec![1.0], vec![f64::NAN]], ..Default::default() };
+    /// let b = Checkpoints { dim: 1, rows: 1, layers: vec![vec![1.0], vec![1.0]], ..Default::default() };
     /// let p = DriftProfile::compare(&a, &b, DType::F32).unwrap();
     /// // No bound set at all, and the NaN still fails:
     /// let v = Bounds::default().violations(&p);
@@ -202,11 +202,13 @@ mod tests {
             dim: 1,
             rows: 1,
             layers: diffs.iter().map(|_| vec![1.0]).collect(),
+            ops: Vec::new(),
         };
         let b = Checkpoints {
             dim: 1,
             rows: 1,
             layers: diffs.iter().map(|d| vec![1.0 + d]).collect(),
+            ops: Vec::new(),
         };
         DriftProfile::compare(&a, &b, DType::F64).unwrap()
     }

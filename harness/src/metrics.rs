@@ -72,8 +72,8 @@ impl DriftProfile {
     /// ```
     /// use layerdrift::metrics::DriftProfile;
     /// use layerdrift_backends::{Checkpoints, DType};
-    /// let a = Checkpoints { dim: 2, rows: 1, layers: vec![vec![1.0, 2.0], vec![1.0, 4.0]] };
-    /// let b = Checkpoints { dim: 2, rows: 1, layers: vec![vec![1.0, 2.0], vec![1.5, 4.0]] };
+    /// let a = Checkpoints { dim: 2, rows: 1, layers: vec![vec![1.0, 2.0], vec![1.0, 4.0]], ..Default::default() };
+    /// let b = Checkpoints { dim: 2, rows: 1, layers: vec![vec![1.0, 2.0], vec![1.5, 4.0]], ..Default::default() };
     /// let p = DriftProfile::compare(&a, &b, DType::F32).unwrap();
     /// assert!(p.layers[0].bitwise());
     /// assert_eq!(p.layers[1].max_abs, 0.5);
@@ -231,6 +231,7 @@ mod tests {
             dim: layers[0].len(),
             rows: 1,
             layers,
+            ops: Vec::new(),
         }
     }
 

@@ -416,6 +416,7 @@ impl Session {
             observed: &var.observed,
             threads: s.threads,
             execution: var.execution,
+            diagnose: Default::default(),
         }))
     }
 
