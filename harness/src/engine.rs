@@ -18,6 +18,7 @@ use serde::{Serialize, Serializer};
 use crate::baseline::{Entry, EntryInfo, VariantKey};
 use crate::bounds::Bounds;
 use crate::metrics::DriftProfile;
+use crate::origin::{LocalProfile, OpProfile};
 use crate::scenario::{Check, Pairing, Scenario};
 use crate::session::{ORACLE, Run, RunError, Session};
 
@@ -100,6 +101,16 @@ pub struct VariantOutcome {
     pub violations: Vec<String>,
     /// Why the variant was not compared, if it was not.
     pub skipped: Option<String>,
+    /// The drift of every op (`diagnose: { ops }`), when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ops: Option<OpProfile>,
+    /// Local vs inherited error per layer (`diagnose: { local: true }`):
+    /// side B's layers run on side A's inputs; `Err` says why there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local: Option<Result<LocalProfile, String>>,
+    /// Wall time of the teacher-forced run of side B, in ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forced_wall_ms: Option<f64>,
 }
 
 /// The outcome of a comparison over all variants.
@@ -260,6 +271,9 @@ pub fn evaluate(s: &Scenario, session: &Session, c: &Comparison) -> Result<Outco
                     profile: None,
                     violations: Vec::new(),
                     skipped: Some(r),
+                    ops: None,
+                    local: None,
+                    forced_wall_ms: None,
                 });
                 continue;
             }
@@ -269,18 +283,60 @@ pub fn evaluate(s: &Scenario, session: &Session, c: &Comparison) -> Result<Outco
         let profile = DriftProfile::compare(a.checkpoints(), b.checkpoints(), var.dtype)
             .map_err(|e| format!("{} [{}] {} vs {}: {e}", s.name, var.label, c.a, c.b))?;
         let violations = c.bounds.violations(&profile);
+        let ops = s
+            .diagnose
+            .ops
+            .as_ref()
+            .and_then(|_| OpProfile::compare(a.checkpoints(), b.checkpoints(), var.dtype));
+        let (local, forced_wall_ms) = if s.diagnose.local {
+            match local(s, session, i, c, a.checkpoints(), b.checkpoints()) {
+                Ok((p, ms)) => (Some(Ok(p)), Some(ms)),
+                Err(RunError::Fail(m)) => {
+                    return Err(format!(
+                        "{} [{}] {} vs {}: teacher-forced run failed: {m}",
+                        s.name, var.label, c.a, c.b
+                    ));
+                }
+                Err(RunError::Skip(why)) => (Some(Err(why)), None),
+            }
+        } else {
+            (None, None)
+        };
         variants.push(VariantOutcome {
             variant: var.label.clone(),
             dtype: var.dtype,
             profile: Some(profile),
             violations,
             skipped: None,
+            ops,
+            local,
+            forced_wall_ms,
         });
     }
     Ok(Outcome {
         comparison: c.clone(),
         variants,
     })
+}
+
+/// Side B of `c` run again on side A's inputs, and the split of the error
+/// it gives (see [`crate::origin`]), with the forced run's wall time in ms.
+fn local(
+    s: &Scenario,
+    session: &Session,
+    v: usize,
+    c: &Comparison,
+    a: &Checkpoints,
+    b: &Checkpoints,
+) -> Result<(LocalProfile, f64), RunError> {
+    if c.b.baseline.is_some() {
+        return Err(RunError::Skip(
+            "side B is a recorded baseline: teacher forcing needs a live run of it".into(),
+        ));
+    }
+    let forced = session.forced_run(s, v, (c.b.backend, &c.b.strategy), (&c.a.to_string(), a))?;
+    let p = LocalProfile::compare(a, b, &forced.checkpoints).map_err(RunError::Skip)?;
+    Ok((p, forced.wall.as_secs_f64() * 1e3))
 }
 
 /// The oracle's runs of every strategy and variant (for a row-independent

@@ -37,6 +37,7 @@ pub mod engine;
 pub mod env;
 pub mod metric;
 pub mod metrics;
+pub mod origin;
 pub mod plan;
 pub mod plot;
 pub mod review;
@@ -57,6 +58,7 @@ mod layering {
         "workspace",
         "metrics",
         "metric",
+        "origin",
         "bounds",
         "scenario",
         "baseline",

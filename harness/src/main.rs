@@ -59,6 +59,14 @@ enum Command {
         /// this baseline (from `--save-baseline`), e.g. after an upgrade.
         #[arg(long, value_name = "FILE")]
         baseline: Option<PathBuf>,
+        /// Op-level profiles: `all`, or the ops to show (comma-separated,
+        /// e.g. `linear1,norm2`); names the first divergent op.
+        #[arg(long, value_delimiter = ',', value_name = "OPS")]
+        ops: Option<Vec<String>>,
+        /// Local vs inherited error per layer: side B's layers run again on
+        /// side A's inputs (teacher forcing; residual_mlp only).
+        #[arg(long)]
+        local: bool,
     },
     /// What moved: pending `.snap.new` files against their `.snap` (no
     /// arguments), or OLD against NEW (two snapshots, two `--json` results,
@@ -132,6 +140,8 @@ fn main() -> ExitCode {
             summary,
             save_baseline,
             baseline,
+            ops,
+            local,
         } => run(
             &file,
             &backends,
@@ -143,6 +153,8 @@ fn main() -> ExitCode {
                 summary_only: summary,
                 save_baseline,
                 baseline,
+                ops,
+                local,
             },
         ),
         Command::Review {
@@ -410,6 +422,45 @@ fn header(s: &Scenario, file: &Path) {
     println!("  strategies: {}", strategies.join("; "));
 }
 
+/// The op-level and local-vs-inherited views of one comparison, per variant.
+fn diagnosis(s: &Scenario, o: &engine::Outcome) {
+    let wants = |op: &str| s.diagnose.wants_op(op);
+    for v in &o.variants {
+        if let Some(p) = &v.ops {
+            match &p.first_divergence {
+                Some(d) => println!(
+                    "  [{}] first divergent op: {d}; mean|Δ| per op at layer {}: {}",
+                    v.variant,
+                    d.layer,
+                    layerdrift::table::op_line(p, d.layer, &wants)
+                ),
+                None => println!("  [{}] every op bitwise equal", v.variant),
+            }
+            if let Some(last) = p.ops.last().map(|d| d.layer)
+                && p.first_divergence.as_ref().is_none_or(|d| d.layer != last)
+            {
+                println!(
+                    "  [{}] mean|Δ| per op at layer {last}: {}",
+                    v.variant,
+                    layerdrift::table::op_line(p, last, &wants)
+                );
+            }
+        }
+        match &v.local {
+            Some(Ok(p)) => {
+                println!(
+                    "  [{}] local vs inherited error (mean|Δ|; B's layers on A's inputs):",
+                    v.variant
+                );
+                print!("{}", layerdrift::table::local_table(p));
+                println!("    → {}", p.verdict);
+            }
+            Some(Err(why)) => println!("  [{}] no local error: {why}", v.variant),
+            None => {}
+        }
+    }
+}
+
 fn summary(report: &ScenarioReport) {
     println!(
         "\nsummary (at the last layer; first divergence = first observed row and layer not bitwise equal):"
@@ -455,6 +506,12 @@ fn summary(report: &ScenarioReport) {
                 )),
                 p.growth.exponent.map_or("–".into(), |e| format!("{e:.2}"))
             );
+            if let Some(d) = v.ops.as_ref().and_then(|o| o.first_divergence.as_ref()) {
+                println!("          first divergent op: {d}");
+            }
+            if let Some(Ok(l)) = &v.local {
+                println!("          where it grows: {}", l.verdict);
+            }
             if let Some(last_row) = &p.last_row_mean_abs {
                 let cells: Vec<String> = last_row.iter().map(|x| sig3(*x)).collect();
                 println!(
@@ -477,6 +534,8 @@ struct Outputs {
     summary_only: bool,
     save_baseline: Option<PathBuf>,
     baseline: Option<PathBuf>,
+    ops: Option<Vec<String>>,
+    local: bool,
 }
 
 fn review(files: &[PathBuf], tolerance: f64, out: Option<PathBuf>) -> Result<ExitCode> {
@@ -578,6 +637,8 @@ fn run(file: &Path, only: &[String], metric: Metric, o: Outputs) -> Result<ExitC
         summary_only,
         save_baseline,
         baseline,
+        ops,
+        local,
     } = o;
     let session = Session::new();
     let mut s = match session.load(file) {
@@ -587,6 +648,30 @@ fn run(file: &Path, only: &[String], metric: Metric, o: Outputs) -> Result<ExitC
             return Ok(ExitCode::from(2));
         }
     };
+    if let Some(ops) = ops {
+        if ops.iter().any(|o| o == "all") && ops.len() > 1 {
+            eprintln!("error: --ops: `all` stands alone: `--ops all`, or list the ops you want");
+            return Ok(ExitCode::from(2));
+        }
+        s.diagnose.ops = Some(if ops.iter().any(|o| o == "all") {
+            Vec::new()
+        } else {
+            ops
+        });
+    }
+    s.diagnose.local |= local;
+    let problems = s.diagnose.problems(&s.variants);
+    if !problems.is_empty() {
+        for (path, message) in problems {
+            let flag = if path.starts_with("diagnose.ops") {
+                "--ops"
+            } else {
+                "--local"
+            };
+            eprintln!("error: {flag}: {message}");
+        }
+        return Ok(ExitCode::from(2));
+    }
     engine::filter_backends(&mut s, &session, only).map_err(anyhow::Error::msg)?;
     header(&s, file);
     if let Some(b) = &baseline {
@@ -645,9 +730,26 @@ fn run(file: &Path, only: &[String], metric: Metric, o: Outputs) -> Result<ExitC
                 c.a.backend, c.name, c.a, c.b
             );
             print!("{}", table(o, metric));
+            diagnosis(&s, o);
         }
     }
     summary(&report);
+    if s.diagnose.local {
+        let plain: f64 = report.runs.iter().filter_map(|r| r.wall_ms).sum();
+        let forced: f64 = report
+            .outcomes
+            .iter()
+            .flat_map(|o| &o.variants)
+            .filter_map(|v| v.forced_wall_ms)
+            .sum();
+        println!(
+            "
+teacher forcing: {:.1} s of forced runs on top of {:.1} s of plain runs ({:.2}× the plain run time in all)",
+            forced / 1e3,
+            plain / 1e3,
+            (plain + forced) / plain.max(f64::MIN_POSITIVE)
+        );
+    }
 
     println!("\nrun times:");
     for r in &report.runs {
@@ -662,7 +764,20 @@ fn run(file: &Path, only: &[String], metric: Metric, o: Outputs) -> Result<ExitC
     let dir = out.unwrap_or_else(|| root().join("target/layerdrift").join(&s.name));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     println!("\nplots:");
-    for (stem, svg) in layerdrift::plot::figures(&s.name, &report.outcomes, metric, log_y) {
+    let wants = |op: &str| s.diagnose.wants_op(op);
+    let figures = layerdrift::plot::figures(&s.name, &report.outcomes, metric, log_y)
+        .into_iter()
+        .chain(layerdrift::plot::op_figures(
+            &s.name,
+            &report.outcomes,
+            &wants,
+        ))
+        .chain(layerdrift::plot::local_figures(
+            &s.name,
+            &report.outcomes,
+            log_y,
+        ));
+    for (stem, svg) in figures {
         let path = dir.join(format!("{stem}.svg"));
         std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
         println!("  {}", path.display());

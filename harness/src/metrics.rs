@@ -151,7 +151,8 @@ impl DriftProfile {
     }
 }
 
-fn layer_drift(a: &[f64], b: &[f64], dtype: DType) -> LayerDrift {
+/// The drift between two equally long value lists (ULPs in `dtype`).
+pub fn layer_drift(a: &[f64], b: &[f64], dtype: DType) -> LayerDrift {
     let mut non_finite = 0;
     let (mut sum, mut sq, mut max_abs, mut max_rel) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
     let (mut max_ulps, mut equal, mut n) = (0u64, 0usize, 0usize);

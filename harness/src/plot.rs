@@ -493,3 +493,192 @@ mod tests {
         assert!(*t.last().unwrap() >= 3.2e-6 && t[0] == 0.0);
     }
 }
+
+/// The family (file stem) and line label of comparison `c`, as in
+/// [`figures`]: one family per check, backend pairs for cross checks.
+fn family_of(c: &crate::engine::Comparison) -> (String, String) {
+    if c.is_cross() {
+        (
+            format!("{}-cross", c.a.strategy),
+            format!("{} vs {}", c.a.backend, c.b.backend),
+        )
+    } else {
+        (c.name.clone(), c.a.backend.to_string())
+    }
+}
+
+/// Local vs total error per layer (`diagnose: { local: true }`): one figure
+/// per check, one panel per variant, per backend the total error (solid)
+/// and the error each layer adds by itself (dashed, same colour).
+pub fn local_figures(scenario: &str, outcomes: &[Outcome], log_y: bool) -> Vec<(String, String)> {
+    let mut fams: BTreeMap<String, Vec<(String, Vec<Series>)>> = BTreeMap::new();
+    for o in outcomes {
+        let (family, who) = family_of(&o.comparison);
+        let panels = fams.entry(family).or_default();
+        for v in &o.variants {
+            let Some(Ok(p)) = &v.local else { continue };
+            let at = match panels.iter().position(|(t, _)| *t == v.variant) {
+                Some(i) => i,
+                None => {
+                    panels.push((v.variant.clone(), Vec::new()));
+                    panels.len() - 1
+                }
+            };
+            let series = &mut panels[at].1;
+            let color = Some(series.len() / 2);
+            series.push(Series {
+                color,
+                ..Series::new(
+                    format!("{who} total"),
+                    p.layers.iter().map(|l| l.total).collect(),
+                )
+            });
+            series.push(Series {
+                color,
+                dashed: true,
+                ..Series::new(
+                    format!("{who} local"),
+                    p.layers.iter().map(|l| l.local).collect(),
+                )
+            });
+        }
+    }
+    fams.into_iter()
+        .filter(|(_, panels)| !panels.is_empty())
+        .map(|(family, panels)| {
+            let panels: Vec<Panel> = panels
+                .into_iter()
+                .map(|(title, series)| Panel { title, series })
+                .collect();
+            let title = format!(
+                "{scenario}: {family} — total error vs the error each layer adds by itself (teacher forcing)"
+            );
+            (
+                format!("{family}-local"),
+                svg(&title, "mean |Δ| of the observed rows", &panels, log_y),
+            )
+        })
+        .collect()
+}
+
+/// The per-op view (`diagnose: { ops }`): one figure per check; per
+/// backend (first variant), one bar per op of the layer where the runs
+/// first differ — the layer where drift is born — or of the last layer
+/// when they never differ.
+pub fn op_figures(
+    scenario: &str,
+    outcomes: &[Outcome],
+    wants: &dyn Fn(&str) -> bool,
+) -> Vec<(String, String)> {
+    type Group = (String, usize, Vec<(String, f64)>);
+    let mut fams: BTreeMap<String, Vec<Group>> = BTreeMap::new();
+    for o in outcomes {
+        let (family, who) = family_of(&o.comparison);
+        let Some((variant, p)) = o
+            .variants
+            .iter()
+            .find_map(|v| v.ops.as_ref().map(|p| (&v.variant, p)))
+        else {
+            continue;
+        };
+        let layer = p
+            .first_divergence
+            .as_ref()
+            .map_or_else(|| p.ops.last().map_or(1, |o| o.layer), |d| d.layer);
+        let bars = p
+            .layer(layer)
+            .filter(|d| wants(&d.op))
+            .map(|d| {
+                let v = if d.drift.non_finite > 0 {
+                    f64::NAN
+                } else {
+                    d.drift.mean_abs
+                };
+                (d.op.clone(), v)
+            })
+            .collect();
+        fams.entry(family)
+            .or_default()
+            .push((format!("{who} [{variant}]"), layer, bars));
+    }
+    const LABEL: f64 = 110.0;
+    const BAR: f64 = 16.0;
+    const WIDTH: f64 = 760.0;
+    let mut out = Vec::new();
+    for (family, groups) in fams {
+        let max = groups
+            .iter()
+            .flat_map(|g| g.2.iter().map(|b| b.1))
+            .filter(|v| v.is_finite())
+            .fold(0.0f64, f64::max);
+        let h = 70.0
+            + groups
+                .iter()
+                .map(|g| 34.0 + g.2.len() as f64 * BAR)
+                .sum::<f64>();
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{h}" viewBox="0 0 {WIDTH} {h}" font-family="sans-serif" font-size="12">"#
+        );
+        let _ = writeln!(s, r#"<rect width="{WIDTH}" height="{h}" fill="white"/>"#);
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
+            WIDTH / 2.0,
+            esc(&format!(
+                "{scenario}: {family} — mean |Δ| per op at the layer where the runs first differ"
+            ))
+        );
+        let mut y = 50.0;
+        for (gi, (who, layer, bars)) in groups.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                r#"<text x="8" y="{}" font-weight="bold">{} — layer {layer}</text>"#,
+                y + 12.0,
+                esc(who)
+            );
+            y += 22.0;
+            for (op, v) in bars {
+                let _ = writeln!(
+                    s,
+                    r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
+                    LABEL - 6.0,
+                    y + BAR * 0.75,
+                    esc(op)
+                );
+                let span = WIDTH - LABEL - 120.0;
+                let len = if v.is_finite() && max > 0.0 {
+                    v / max * span
+                } else {
+                    0.0
+                };
+                let _ = writeln!(
+                    s,
+                    r#"<rect x="{LABEL}" y="{}" width="{len:.1}" height="{}" fill="{}"/>"#,
+                    y + 2.0,
+                    BAR - 4.0,
+                    PALETTE[gi % PALETTE.len()]
+                );
+                let text = if v.is_nan() {
+                    "NaN/Inf".to_string()
+                } else if *v == 0.0 {
+                    "0 (bitwise equal)".to_string()
+                } else {
+                    format!("{v:.3e}")
+                };
+                let _ = writeln!(
+                    s,
+                    r#"<text x="{:.1}" y="{}">{text}</text>"#,
+                    LABEL + len + 6.0,
+                    y + BAR * 0.75
+                );
+                y += BAR;
+            }
+            y += 12.0;
+        }
+        s.push_str("</svg>\n");
+        out.push((format!("{family}-ops"), s));
+    }
+    out
+}

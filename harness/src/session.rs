@@ -13,8 +13,8 @@ use std::path::Path;
 
 use layerdrift_backends::weights::read_safetensors;
 use layerdrift_backends::{
-    Backend, BackendError, BackendId, BackendInfo, Checkpoints, HostTensor, ModelSpec, RunRequest,
-    Weights, generate_input,
+    Backend, BackendError, BackendId, BackendInfo, Checkpoints, Diagnose, HostTensor, ModelSpec,
+    RunRequest, Weights, generate_input,
 };
 
 use crate::baseline::{self, Baseline, Entry, VariantKey};
@@ -385,7 +385,28 @@ impl Session {
         };
         let key = format!("{}#{v}#{backend}#{computed}", s.path.display());
         slot(&self.runs, key)
-            .get_or_init(|| self.execute(s, v, backend, strategy))
+            .get_or_init(|| self.execute(s, v, backend, strategy, None))
+            .clone()
+    }
+
+    /// Backend `backend`'s `strategy` run of variant `v` with every layer
+    /// fed the observed rows of `by` — another run's checkpoints, named
+    /// `by_name` in the memo — instead of its own (teacher forcing,
+    /// [`layerdrift_backends::Diagnose::forced`]): each checkpoint is the
+    /// error-free-input output of that layer.
+    pub fn forced_run(
+        &self,
+        s: &Scenario,
+        v: usize,
+        (backend, strategy): (BackendId, &str),
+        (by_name, by): (&str, &Checkpoints),
+    ) -> Result<Arc<Run>, RunError> {
+        let key = format!(
+            "{}#{v}#{backend}#{strategy}#forced-by#{by_name}",
+            s.path.display()
+        );
+        slot(&self.runs, key)
+            .get_or_init(|| self.execute(s, v, backend, strategy, Some(by)))
             .clone()
     }
 
@@ -416,7 +437,10 @@ impl Session {
             observed: &var.observed,
             threads: s.threads,
             execution: var.execution,
-            diagnose: Default::default(),
+            diagnose: Diagnose {
+                ops: s.diagnose.ops.is_some(),
+                forced: None,
+            },
         }))
     }
 
@@ -426,11 +450,19 @@ impl Session {
         v: usize,
         backend: BackendId,
         strategy: &str,
+        forced: Option<&Checkpoints>,
     ) -> Result<Arc<Run>, RunError> {
         let b = self
             .backend(backend)
             .ok_or_else(|| RunError::Skip(format!("no backend `{backend}` in this build")))?;
         self.with_request(s, v, strategy, |req| {
+            let req = &RunRequest {
+                diagnose: Diagnose {
+                    forced,
+                    ..req.diagnose
+                },
+                ..*req
+            };
             b.check(req).map_err(to_run_error)?;
             let _guard = self.gate.lock().unwrap_or_else(|e| e.into_inner());
             let start = Instant::now();

@@ -268,3 +268,76 @@ fn probe_writes_the_dispatch_map_and_refuses_bad_arguments() {
         assert!(stderr.contains(want), "{args:?}: {stderr}");
     }
 }
+
+/// `--ops all --local` on the small seed-like stack: the first divergent op
+/// is named, every comparison gets a local-vs-inherited table and verdict,
+/// the per-op and local plots are written, the forced runs' cost is
+/// reported — and bad flags exit 2 with the model's ops named.
+#[test]
+fn run_names_the_first_divergent_op_and_splits_local_from_inherited_error() {
+    let dir = tmp_dir("diagnose");
+    let small = scenario("small-residual-mlp.yaml");
+    let json = dir.join("out.json");
+    let (code, stdout, stderr) = layerdrift(&[
+        "run".as_ref(),
+        small.as_os_str(),
+        "--ops".as_ref(),
+        "all".as_ref(),
+        "--local".as_ref(),
+        "--backends".as_ref(),
+        "candle".as_ref(),
+        "--out".as_ref(),
+        dir.as_os_str(),
+        "--json".as_ref(),
+        json.as_os_str(),
+    ]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    // Against the f64 oracle, f32 differs from the first op on.
+    assert!(
+        stdout.contains("first divergent op: layer 1, norm1, row 0"),
+        "{stdout}"
+    );
+    for want in [
+        "local vs inherited error",
+        "local/total",
+        "fresh error at every layer",
+        "teacher forcing: ",
+        "every op bitwise equal",
+    ] {
+        assert!(stdout.contains(want), "no `{want}` in:\n{stdout}");
+    }
+    for stem in [
+        "full-vs-oracle-ops",
+        "full-vs-oracle-local",
+        "full-vs-rows-ops",
+    ] {
+        let svg = std::fs::read_to_string(dir.join(format!("{stem}.svg")))
+            .unwrap_or_else(|e| panic!("{stem}.svg: {e}\n{stdout}"));
+        assert!(svg.starts_with("<svg") && svg.contains("</svg>"), "{stem}");
+    }
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("valid json");
+    let local = &doc["outcomes"][1]["variants"][0]["local"]["Ok"]["layers"];
+    assert_eq!(local.as_array().map(Vec::len), Some(6), "{local}");
+
+    for (args, want) in [
+        (
+            vec!["--ops", "linear3"],
+            "has no op `linear3`; its ops are norm1, linear1, act",
+        ),
+        (vec!["--ops", "all,act"], "`all` stands alone"),
+    ] {
+        let mut full: Vec<&std::ffi::OsStr> = vec!["run".as_ref(), small.as_os_str()];
+        full.extend(args.iter().map(|a| a.as_ref()));
+        let (code, _, stderr) = layerdrift(&full);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+    }
+    let decoder = scenario("small-decoder.yaml");
+    let (code, _, stderr) = layerdrift(&["run".as_ref(), decoder.as_os_str(), "--local".as_ref()]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--local: teacher forcing has no meaning"),
+        "{stderr}"
+    );
+}

@@ -266,11 +266,22 @@ pub(super) fn derived(v: &mut Validator<'_>, mut f: Fields, memory_limit: u64) -
         return None;
     }
 
+    let variants = g.expand(&observed);
+    for (path, message) in f.diagnose.problems(&variants) {
+        // `ops: rope` (one name, no list) has no `[0]` to point at.
+        let at = if v.index.has(&path) {
+            path
+        } else {
+            "diagnose.ops".to_string()
+        };
+        v.err(&at, message);
+    }
     Some(Scenario {
+        diagnose: f.diagnose,
         name: f.name,
         path: v.file.clone(),
         description: f.description,
-        variants: g.expand(&observed),
+        variants,
         strategies: f.strategies,
         checks: f.checks,
         backends: f.backends,

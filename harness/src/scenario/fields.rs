@@ -286,7 +286,26 @@ pub(super) fn fields(
     } else {
         RawObserve::Last
     });
+    let diagnose = super::Diagnosis {
+        ops: raw.diagnose.ops.map(|a| {
+            let names = v.axis("diagnose.ops", a);
+            if names.iter().any(|n| n == "all") {
+                if names.len() > 1 {
+                    v.err(
+                        "diagnose.ops",
+                        "`all` stands alone: write `ops: all`, or list the ops you want",
+                    );
+                }
+                Vec::new()
+            } else {
+                v.unique("diagnose.ops", &names);
+                names
+            }
+        }),
+        local: raw.diagnose.local,
+    };
     Some(Fields {
+        diagnose,
         name,
         description: raw.description.unwrap_or_default(),
         grid: Grid {

@@ -214,6 +214,85 @@ pub struct Scenario {
     pub input: InputSource,
     /// The estimated peak memory of its largest run, in bytes.
     pub estimated_bytes: f64,
+    /// Where drift is born: op-level profiles and teacher-forced local
+    /// error (`diagnose:`, or `layerdrift run --ops/--local`).
+    pub diagnose: Diagnosis,
+}
+
+/// What a scenario run reports beyond the per-layer profiles.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Diagnosis {
+    /// Op-level profiles: `None` = off, an empty list = every op of the
+    /// model ([`ModelSpec::op_names`]), else only the ops named.
+    pub ops: Option<Vec<String>>,
+    /// Local vs inherited error per layer: side B's layers run again on
+    /// side A's inputs (teacher forcing). Row-independent models only.
+    pub local: bool,
+}
+
+impl Diagnosis {
+    /// Whether the op named `op` is asked for.
+    pub fn wants_op(&self, op: &str) -> bool {
+        self.ops
+            .as_ref()
+            .is_some_and(|o| o.is_empty() || o.iter().any(|n| n == op))
+    }
+
+    /// What is wrong with asking this of `variants`, as `(path, message)`
+    /// (`diagnose.ops[1]`, `diagnose.local`): an op no variant's model has,
+    /// teacher forcing on a decoder. Scenario validation and the CLI's
+    /// flags both use it.
+    pub fn problems(&self, variants: &[Variant]) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if let Some(names) = &self.ops {
+            for (i, name) in names.iter().enumerate() {
+                if variants
+                    .iter()
+                    .any(|v| v.model.op_names().contains(&name.as_str()))
+                {
+                    continue;
+                }
+                let mut known: Vec<&str> = Vec::new();
+                for v in variants {
+                    for op in v.model.op_names() {
+                        if !known.contains(&op) {
+                            known.push(op);
+                        }
+                    }
+                }
+                let kind = variants.first().map_or("model", |v| v.model.kind());
+                let hint = match name.as_str() {
+                    "scores" | "softmax" => {
+                        " (a fused attention kernel has no separate scores or softmax: use `attention: manual`)"
+                    }
+                    "rope" => " (this model has no rotary embeddings: `rope: true` adds them)",
+                    "residual" => " (`residual: false` has none)",
+                    _ => "",
+                };
+                out.push((
+                    format!("diagnose.ops[{i}]"),
+                    format!(
+                        "this {kind} has no op `{name}`{hint}; its ops are {} (or `all`)",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+        if self.local
+            && let Some(v) = variants
+                .iter()
+                .find(|v| matches!(v.model, ModelSpec::Decoder(_)))
+        {
+            out.push((
+                "diagnose.local".to_string(),
+                format!(
+                    "teacher forcing has no meaning for a decoder (variant {}): a row's layer input includes every earlier position's, and only the observed rows ever leave a backend; use `local` on a residual_mlp, and `ops` to find a decoder's first divergent op",
+                    v.label
+                ),
+            ));
+        }
+        out
+    }
 }
 
 impl Scenario {

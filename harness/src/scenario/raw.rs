@@ -357,6 +357,17 @@ pub(super) struct RawScenario {
     pub(super) threads: Option<usize>,
     #[serde(default)]
     pub(super) slow: bool,
+    #[serde(default)]
+    pub(super) diagnose: RawDiagnose,
+}
+
+/// `diagnose: { ops: all | [names], local: true }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDiagnose {
+    pub(super) ops: Option<Axis<String>>,
+    #[serde(default)]
+    pub(super) local: bool,
 }
 
 pub(super) fn dtype_default() -> Axis<RawDType> {

@@ -171,4 +171,5 @@ pub(super) struct Fields {
     pub(super) devices: Vec<DeviceKind>,
     pub(super) threads: Option<usize>,
     pub(super) slow: bool,
+    pub(super) diagnose: super::Diagnosis,
 }
