@@ -58,8 +58,11 @@ fn picks_at(at: &[Pick], b: usize, s: usize) -> Vec<Pick> {
 struct Taps {
     names: Vec<&'static str>,
     layer: Cell<usize>,
-    rec: RefCell<Vec<Vec<Vec<Option<Vec<f64>>>>>>,
+    rec: RefCell<Vec<Vec<OpRows>>>,
 }
+
+/// One op's rows as they are recorded: a slot per observed row.
+type OpRows = Vec<Option<Vec<f64>>>;
 
 impl Taps {
     fn new(model: &ModelSpec, on: bool, rows: usize) -> Taps {
@@ -465,18 +468,18 @@ fn run_mlp<O: Ops>(ops: &O, m: &ResidualMlpSpec, req: &RunRequest<'_>) -> OpResu
         })
         .collect();
     let forced = req.diagnose.forced;
-    if let Some(f) = forced {
-        if (f.rows, f.dim, f.layers.len()) != (req.observed.len(), m.dim, m.layers) {
-            return Err(format!(
-                "teacher forcing: the forced run has {} rows × {} wide × {} layers, this one {} × {} × {}",
-                f.rows,
-                f.dim,
-                f.layers.len(),
-                req.observed.len(),
-                m.dim,
-                m.layers
-            ));
-        }
+    if let Some(f) = forced
+        && (f.rows, f.dim, f.layers.len()) != (req.observed.len(), m.dim, m.layers)
+    {
+        return Err(format!(
+            "teacher forcing: the forced run has {} rows × {} wide × {} layers, this one {} × {} × {}",
+            f.rows,
+            f.dim,
+            f.layers.len(),
+            req.observed.len(),
+            m.dim,
+            m.layers
+        ));
     }
     let taps = Taps::new(req.model, req.diagnose.ops, req.observed.len());
     let mode = Mode::new(ops, req, m.dim, 0)?;

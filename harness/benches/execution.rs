@@ -27,6 +27,9 @@
 
 use std::time::Instant;
 
+mod common;
+use common::median;
+
 use layerdrift::scenario::Scenario;
 use layerdrift::session::Session;
 use layerdrift_backends::{
@@ -102,11 +105,7 @@ fn args() -> Result<Args, String> {
         invariant_reps: None,
     };
     let mut it = std::env::args().skip(1);
-    let count = |x: Option<String>, what: &str| {
-        x.and_then(|n| n.parse::<usize>().ok())
-            .filter(|n| *n > 0)
-            .ok_or(format!("{what}: a count ≥ 1"))
-    };
+    let count = common::count;
     while let Some(x) = it.next() {
         match x.as_str() {
             "--bench" => {}
@@ -120,14 +119,7 @@ fn args() -> Result<Args, String> {
                         .ok_or("--invariant-reps: a count ≥ 0")?,
                 )
             }
-            "--backends" => {
-                a.backends = it
-                    .next()
-                    .ok_or("--backends: names or ids, comma-separated")?
-                    .split(',')
-                    .map(str::to_string)
-                    .collect()
-            }
+            "--backends" => a.backends = common::backends(it.next())?,
             "--cases" => {
                 let list = it.next().ok_or("--cases: case names, comma-separated")?;
                 a.cases = list
@@ -144,11 +136,6 @@ fn args() -> Result<Args, String> {
         }
     }
     Ok(a)
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 /// The scenario behind `case` and the index of its variant.

@@ -17,6 +17,9 @@
 
 use std::time::Instant;
 
+mod common;
+use common::median;
+
 use layerdrift::engine::{self, comparisons};
 use layerdrift::scenario::Scenario;
 use layerdrift::session::Session;
@@ -40,32 +43,14 @@ fn args() -> Result<Args, String> {
     while let Some(x) = it.next() {
         match x.as_str() {
             "--bench" => {}
-            "--reps" => {
-                a.reps = it
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .filter(|n| *n > 0)
-                    .ok_or("--reps: a count ≥ 1")?
-            }
-            "--backends" => {
-                a.backends = it
-                    .next()
-                    .ok_or("--backends: names or ids, comma-separated")?
-                    .split(',')
-                    .map(str::to_string)
-                    .collect()
-            }
+            "--reps" => a.reps = common::count(it.next(), "--reps")?,
+            "--backends" => a.backends = common::backends(it.next())?,
             "--variant" => a.variant = Some(it.next().ok_or("--variant: a variant label")?),
             s if s.starts_with("--") => return Err(format!("unknown flag {s}")),
             s => a.scenario = s.to_string(),
         }
     }
     Ok(a)
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 /// The live runs a whole `layerdrift run` of `s` makes on `id`.

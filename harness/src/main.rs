@@ -86,32 +86,7 @@ enum Command {
     /// scenarios' widths, which row counts M give a row the same bits, and
     /// where a row's result depends on its position or its neighbours.
     /// Prints a table; writes an SVG (and JSON with `--json`).
-    Probe {
-        /// Only these backends (names or ids, comma-separated).
-        #[arg(long, value_delimiter = ',')]
-        backends: Vec<String>,
-        /// Only these ops: linear, layer_norm, rms_norm, softmax, attention, fused_attention, gelu.
-        #[arg(long, value_delimiter = ',', value_parser = |s: &str| layerdrift_backends::ProbeOp::parse(s).ok_or_else(|| format!("no op `{s}`: pick from linear, layer_norm, rms_norm, softmax, attention, fused_attention, gelu")))]
-        ops: Vec<layerdrift_backends::ProbeOp>,
-        /// Row counts, ranges and single counts, e.g. `1-64,128,256` (default: 1-64 and the powers of two to 4096).
-        #[arg(long)]
-        rows: Option<String>,
-        /// Shapes of these scenario files (default: every shipped scenario).
-        #[arg(long, value_delimiter = ',')]
-        scenarios: Vec<PathBuf>,
-        /// Leave out shapes wider than this (a linear's in or out, a norm's width).
-        #[arg(long, default_value_t = 3072)]
-        max_width: usize,
-        /// Intra-op threads (the shipped scenarios pin 2).
-        #[arg(long, default_value_t = 2)]
-        threads: usize,
-        /// Where to write the SVG (default: target/layerdrift/probe/).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Also write the map as JSON to this file.
-        #[arg(long)]
-        json: Option<PathBuf>,
-    },
+    Probe(ProbeArgs),
     /// Check scenario files without running them (every problem, with its position).
     Validate {
         /// Scenario files (default: every file in the scenario directory).
@@ -162,25 +137,7 @@ fn main() -> ExitCode {
             tolerance,
             out,
         } => review(&files, tolerance, out),
-        Command::Probe {
-            backends,
-            ops,
-            rows,
-            scenarios,
-            max_width,
-            threads,
-            out,
-            json,
-        } => probe(ProbeArgs {
-            backends,
-            ops,
-            rows,
-            scenarios,
-            max_width,
-            threads,
-            out,
-            json,
-        }),
+        Command::Probe(args) => probe(args),
         Command::Validate { files } => validate(files),
         Command::List => list(),
         Command::Env => show_env(),
@@ -227,14 +184,31 @@ fn validate(files: Vec<PathBuf>) -> Result<ExitCode> {
 }
 
 /// `layerdrift probe`'s arguments.
+#[derive(clap::Args)]
 struct ProbeArgs {
+    /// Only these backends (names or ids, comma-separated).
+    #[arg(long, value_delimiter = ',')]
     backends: Vec<String>,
+    /// Only these ops: linear, layer_norm, rms_norm, softmax, attention, fused_attention, gelu.
+    #[arg(long, value_delimiter = ',', value_parser = |s: &str| layerdrift_backends::ProbeOp::parse(s).ok_or_else(|| format!("no op `{s}`: pick from linear, layer_norm, rms_norm, softmax, attention, fused_attention, gelu")))]
     ops: Vec<layerdrift_backends::ProbeOp>,
+    /// Row counts, ranges and single counts, e.g. `1-64,128,256` (default: 1-64 and the powers of two to 4096).
+    #[arg(long)]
     rows: Option<String>,
+    /// Shapes of these scenario files (default: every shipped scenario).
+    #[arg(long, value_delimiter = ',')]
     scenarios: Vec<PathBuf>,
+    /// Leave out shapes wider than this (a linear's in or out, a norm's width).
+    #[arg(long, default_value_t = 3072)]
     max_width: usize,
+    /// Intra-op threads (the shipped scenarios pin 2).
+    #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Where to write the SVG (default: target/layerdrift/probe/).
+    #[arg(long)]
     out: Option<PathBuf>,
+    /// Also write the map as JSON to this file.
+    #[arg(long)]
     json: Option<PathBuf>,
 }
 

@@ -284,18 +284,7 @@ pub fn figures(
     // (e.g. residual on before off, as listed).
     let mut fams: BTreeMap<String, Vec<(String, Vec<Series>)>> = BTreeMap::new();
     for o in outcomes {
-        let c = &o.comparison;
-        let cross = c.is_cross();
-        let family = if cross {
-            format!("{}-cross", c.a.strategy)
-        } else {
-            c.name.clone()
-        };
-        let who = if cross {
-            format!("{} vs {}", c.a.backend, c.b.backend)
-        } else {
-            c.a.backend.to_string()
-        };
+        let (family, who) = family_of(&o.comparison);
         for v in &o.variants {
             let Some(p) = &v.profile else { continue };
             let (panel_parts, line_parts): (Vec<&str>, Vec<&str>) = v
@@ -466,32 +455,6 @@ pub fn dispatch_svg(maps: &[crate::dispatch::Map]) -> String {
     }
     s.push_str("</svg>\n");
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn svg_has_a_path_per_series_and_escapes_text() {
-        let p = Panel {
-            title: "residual=<on>".into(),
-            series: vec![
-                Series::new("a", vec![1e-7, 2e-7, 3e-7]),
-                Series::new("b", vec![0.0, f64::NAN, 0.0]),
-            ],
-        };
-        let s = svg("t", "mean", &[p], false);
-        assert_eq!(s.matches("<path").count(), 2);
-        assert!(s.contains("residual=&lt;on&gt;"));
-        assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
-    }
-
-    #[test]
-    fn ticks_cover_the_max() {
-        let t = linear_ticks(3.2e-6);
-        assert!(*t.last().unwrap() >= 3.2e-6 && t[0] == 0.0);
-    }
 }
 
 /// The family (file stem) and line label of comparison `c`, as in
@@ -681,4 +644,30 @@ pub fn op_figures(
         out.push((format!("{family}-ops"), s));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn svg_has_a_path_per_series_and_escapes_text() {
+        let p = Panel {
+            title: "residual=<on>".into(),
+            series: vec![
+                Series::new("a", vec![1e-7, 2e-7, 3e-7]),
+                Series::new("b", vec![0.0, f64::NAN, 0.0]),
+            ],
+        };
+        let s = svg("t", "mean", &[p], false);
+        assert_eq!(s.matches("<path").count(), 2);
+        assert!(s.contains("residual=&lt;on&gt;"));
+        assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
+    }
+
+    #[test]
+    fn ticks_cover_the_max() {
+        let t = linear_ticks(3.2e-6);
+        assert!(*t.last().unwrap() >= 3.2e-6 && t[0] == 0.0);
+    }
 }

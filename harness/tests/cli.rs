@@ -328,7 +328,7 @@ fn run_names_the_first_divergent_op_and_splits_local_from_inherited_error() {
         (vec!["--ops", "all,act"], "`all` stands alone"),
     ] {
         let mut full: Vec<&std::ffi::OsStr> = vec!["run".as_ref(), small.as_os_str()];
-        full.extend(args.iter().map(|a| a.as_ref()));
+        full.extend(args.iter().map(std::ffi::OsStr::new));
         let (code, _, stderr) = layerdrift(&full);
         assert_eq!(code, Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(want), "{args:?}: {stderr}");

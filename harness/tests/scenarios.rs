@@ -439,6 +439,9 @@ fn selftest_band_catches_a_wrong_model() -> Result<(), Failed> {
                 )?),
                 violations: Vec::new(),
                 skipped: None,
+                ops: None,
+                local: None,
+                forced_wall_ms: None,
             });
         }
         outcomes.push(Outcome {

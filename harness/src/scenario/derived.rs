@@ -177,8 +177,8 @@ pub(super) fn derived(v: &mut Validator<'_>, mut f: Fields, memory_limit: u64) -
     for model in g.models() {
         for &dtype in &g.dtypes {
             for (&(batch, seq), rows) in &observed {
-                for (i, &execution) in g.executions.iter().enumerate() {
-                    let b = estimate_bytes(
+                let bytes = |execution| {
+                    estimate_bytes(
                         &model,
                         batch,
                         seq,
@@ -186,20 +186,15 @@ pub(super) fn derived(v: &mut Validator<'_>, mut f: Fields, memory_limit: u64) -
                         rows.len(),
                         f.strategies.len(),
                         execution,
-                    );
+                    )
+                };
+                for (i, &execution) in g.executions.iter().enumerate() {
+                    let b = bytes(execution);
                     if b > worst.0 {
                         worst = (b, format!("batch {batch}, seq {seq}, {dtype}"));
                         // A tile is to blame when the same run would fit
                         // without it.
-                        let standard = estimate_bytes(
-                            &model,
-                            batch,
-                            seq,
-                            dtype,
-                            rows.len(),
-                            f.strategies.len(),
-                            Execution::Standard,
-                        );
+                        let standard = bytes(Execution::Standard);
                         worst_tile = match execution {
                             Execution::FixedShape { tile } if standard <= memory_limit as f64 => {
                                 Some((i, tile))
