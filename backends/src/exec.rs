@@ -366,7 +366,7 @@ fn each_tile<O: Ops>(
             .iter()
             .filter_map(|p| {
                 let f = p.b * s[1] + p.s;
-                (start..start + len).contains(&f).then_some(Pick {
+                (start..start + len).contains(&f).then(|| Pick {
                     b: 0,
                     s: f - start,
                     ..*p

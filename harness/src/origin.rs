@@ -343,3 +343,75 @@ fn verdict(layers: &[LayerOrigin], fit_sum: Fit, fit_walk: Fit) -> String {
 fn sig(x: f64) -> String {
     format!("{x:.2e}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ck(layers: Vec<Vec<f64>>) -> Checkpoints {
+        Checkpoints {
+            dim: layers[0].len(),
+            rows: 1,
+            layers,
+            ops: Vec::new(),
+        }
+    }
+
+    /// Two observed values per layer, A all zeros: `b` is B's error and
+    /// `forced` B's local error, per layer.
+    fn profile(b: &[[f64; 2]], forced: &[[f64; 2]]) -> LocalProfile {
+        let a = ck(b.iter().map(|_| vec![0.0, 0.0]).collect());
+        let lift = |x: &[[f64; 2]]| ck(x.iter().map(|r| r.to_vec()).collect());
+        LocalProfile::compare(&a, &lift(b), &lift(forced)).unwrap()
+    }
+
+    #[test]
+    fn an_error_made_once_and_doubled_each_layer_is_amplification() {
+        // Layer 1 errs by 1e-6; later layers add nothing of their own (B on
+        // A's input equals A) and double what they receive.
+        let b = [[1e-6, 1e-6], [2e-6, 2e-6], [4e-6, 4e-6], [8e-6, 8e-6]];
+        let forced = [[1e-6, 1e-6], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]];
+        let p = profile(&b, &forced);
+        assert_eq!(p.layers[1].local, 0.0);
+        assert!((p.layers[2].gain.unwrap() - 2.0).abs() < 1e-9);
+        assert!(
+            p.verdict.starts_with("amplification of early error"),
+            "{}",
+            p.verdict
+        );
+    }
+
+    #[test]
+    fn fresh_independent_errors_carried_unchanged_are_a_random_walk() {
+        // Each layer adds a fresh error orthogonal to what it carries
+        // (cos 0) and passes the incoming error on unchanged (gain 1):
+        // e_l = e_{l-1} + d_l with d_l ⟂ e_{l-1}.
+        let b = [[1e-6, 0.0], [1e-6, 1e-6], [2e-6, 0.0], [2e-6, 2e-6]];
+        let forced = [[1e-6, 0.0], [0.0, 1e-6], [1e-6, -1e-6], [0.0, 2e-6]];
+        let p = profile(&b, &forced);
+        for l in &p.layers[1..] {
+            assert_eq!(l.coherence, Some(0.0), "layer {}", l.layer);
+            assert!((l.gain.unwrap() - 1.0).abs() < 1e-12, "layer {}", l.layer);
+        }
+        assert!(
+            p.verdict.starts_with("fresh error at every layer, carried"),
+            "{}",
+            p.verdict
+        );
+        assert!(p.verdict.contains("independent noise"), "{}", p.verdict);
+    }
+
+    #[test]
+    fn equal_runs_have_nothing_to_explain_and_non_finite_values_are_refused() {
+        let same = [[0.0, 0.0], [0.0, 0.0]];
+        let p = profile(&same, &same);
+        assert!(p.layers.iter().all(|l| l.total == 0.0 && l.local == 0.0));
+        assert!(p.verdict.contains("nothing to explain"));
+        let a = ck(vec![vec![1.0], vec![1.0]]);
+        let nan = ck(vec![vec![1.0], vec![f64::NAN]]);
+        let e = LocalProfile::compare(&a, &nan, &a).unwrap_err();
+        assert!(e.contains("layer 2") && e.contains("NaN"), "{e}");
+        let short = ck(vec![vec![1.0]]);
+        assert!(LocalProfile::compare(&a, &short, &a).is_err());
+    }
+}

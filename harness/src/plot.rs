@@ -78,13 +78,9 @@ fn linear_ticks(max: f64) -> Vec<f64> {
         .collect()
 }
 
-/// Renders `panels` side by side (three per row) under `title`.
-pub fn svg(title: &str, ylabel: &str, panels: &[Panel], log_y: bool) -> String {
-    let cols = panels.len().clamp(1, 3);
-    let rows = panels.len().div_ceil(cols).max(1);
-    // Wide enough for the title (≈8 px per character at 15 px).
-    let w = (PW * cols as f64).max(title.chars().count() as f64 * 8.0 + 40.0);
-    let h = PH * rows as f64 + 40.0;
+/// The start of an SVG document `w` × `h` on white, `title` centred at
+/// height `title_y`.
+fn open_svg(w: f64, h: f64, title: &str, title_y: f64) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -93,10 +89,21 @@ pub fn svg(title: &str, ylabel: &str, panels: &[Panel], log_y: bool) -> String {
     let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
     let _ = writeln!(
         s,
-        r#"<text x="{}" y="24" text-anchor="middle" font-size="15">{}</text>"#,
+        r#"<text x="{}" y="{title_y}" text-anchor="middle" font-size="15">{}</text>"#,
         w / 2.0,
         esc(title)
     );
+    s
+}
+
+/// Renders `panels` side by side (three per row) under `title`.
+pub fn svg(title: &str, ylabel: &str, panels: &[Panel], log_y: bool) -> String {
+    let cols = panels.len().clamp(1, 3);
+    let rows = panels.len().div_ceil(cols).max(1);
+    // Wide enough for the title (≈8 px per character at 15 px).
+    let w = (PW * cols as f64).max(title.chars().count() as f64 * 8.0 + 40.0);
+    let h = PH * rows as f64 + 40.0;
+    let mut s = open_svg(w, h, title, 24.0);
     for (i, p) in panels.iter().enumerate() {
         let ox = (i % cols) as f64 * PW;
         let oy = 40.0 + (i / cols) as f64 * PH;
@@ -353,16 +360,11 @@ pub fn dispatch_svg(maps: &[crate::dispatch::Map]) -> String {
         .map(|m| 40.0 + m.entries.len() as f64 * BAND + 40.0)
         .collect();
     let h = 60.0 + heights.iter().sum::<f64>();
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">Kernel-dispatch map: which row counts M give a row the same bits (one colour per class)</text>"#,
-        w / 2.0
+    let mut s = open_svg(
+        w,
+        h,
+        "Kernel-dispatch map: which row counts M give a row the same bits (one colour per class)",
+        22.0,
     );
     let _ = writeln!(
         s,
@@ -579,20 +581,10 @@ pub fn op_figures(
                 .iter()
                 .map(|g| 34.0 + g.2.len() as f64 * BAR)
                 .sum::<f64>();
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{h}" viewBox="0 0 {WIDTH} {h}" font-family="sans-serif" font-size="12">"#
+        let title = format!(
+            "{scenario}: {family} — mean |Δ| per op at the layer where the runs first differ"
         );
-        let _ = writeln!(s, r#"<rect width="{WIDTH}" height="{h}" fill="white"/>"#);
-        let _ = writeln!(
-            s,
-            r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
-            WIDTH / 2.0,
-            esc(&format!(
-                "{scenario}: {family} — mean |Δ| per op at the layer where the runs first differ"
-            ))
-        );
+        let mut s = open_svg(WIDTH, h, &title, 22.0);
         let mut y = 50.0;
         for (gi, (who, layer, bars)) in groups.iter().enumerate() {
             let _ = writeln!(
