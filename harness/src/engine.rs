@@ -105,9 +105,13 @@ pub struct VariantOutcome {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ops: Option<OpProfile>,
     /// Local vs inherited error per layer (`diagnose: { local: true }`):
-    /// side B's layers run on side A's inputs; `Err` says why there is none.
+    /// side B's layers run on side A's inputs.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub local: Option<Result<LocalProfile, String>>,
+    pub local: Option<LocalProfile>,
+    /// Why there is no local error although it was asked for (side B is a
+    /// baseline, a value is not finite).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_unavailable: Option<String>,
     /// Wall time of the teacher-forced run of side B, in ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub forced_wall_ms: Option<f64>,
@@ -273,6 +277,7 @@ pub fn evaluate(s: &Scenario, session: &Session, c: &Comparison) -> Result<Outco
                     skipped: Some(r),
                     ops: None,
                     local: None,
+                    local_unavailable: None,
                     forced_wall_ms: None,
                 });
                 continue;
@@ -288,19 +293,19 @@ pub fn evaluate(s: &Scenario, session: &Session, c: &Comparison) -> Result<Outco
             .ops
             .as_ref()
             .and_then(|_| OpProfile::compare(a.checkpoints(), b.checkpoints(), var.dtype));
-        let (local, forced_wall_ms) = if s.diagnose.local {
+        let (local, local_unavailable, forced_wall_ms) = if s.diagnose.local {
             match local(s, session, i, c, a.checkpoints(), b.checkpoints()) {
-                Ok((p, ms)) => (Some(Ok(p)), Some(ms)),
+                Ok((p, ms)) => (Some(p), None, Some(ms)),
                 Err(RunError::Fail(m)) => {
                     return Err(format!(
                         "{} [{}] {} vs {}: teacher-forced run failed: {m}",
                         s.name, var.label, c.a, c.b
                     ));
                 }
-                Err(RunError::Skip(why)) => (Some(Err(why)), None),
+                Err(RunError::Skip(why)) => (None, Some(why), None),
             }
         } else {
-            (None, None)
+            (None, None, None)
         };
         variants.push(VariantOutcome {
             variant: var.label.clone(),
@@ -310,6 +315,7 @@ pub fn evaluate(s: &Scenario, session: &Session, c: &Comparison) -> Result<Outco
             skipped: None,
             ops,
             local,
+            local_unavailable,
             forced_wall_ms,
         });
     }

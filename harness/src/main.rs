@@ -420,17 +420,16 @@ fn diagnosis(s: &Scenario, o: &engine::Outcome) {
                 );
             }
         }
-        match &v.local {
-            Some(Ok(p)) => {
-                println!(
-                    "  [{}] local vs inherited error (mean|Δ|; B's layers on A's inputs):",
-                    v.variant
-                );
-                print!("{}", layerdrift::table::local_table(p));
-                println!("    → {}", p.verdict);
-            }
-            Some(Err(why)) => println!("  [{}] no local error: {why}", v.variant),
-            None => {}
+        if let Some(why) = &v.local_unavailable {
+            println!("  [{}] no local error: {why}", v.variant);
+        }
+        if let Some(p) = &v.local {
+            println!(
+                "  [{}] local vs inherited error (mean|Δ|; B's layers on A's inputs):",
+                v.variant
+            );
+            print!("{}", layerdrift::table::local_table(p));
+            println!("    → {}", p.verdict);
         }
     }
 }
@@ -483,7 +482,7 @@ fn summary(report: &ScenarioReport) {
             if let Some(d) = v.ops.as_ref().and_then(|o| o.first_divergence.as_ref()) {
                 println!("          first divergent op: {d}");
             }
-            if let Some(Ok(l)) = &v.local {
+            if let Some(l) = &v.local {
                 println!("          where it grows: {}", l.verdict);
             }
             if let Some(last_row) = &p.last_row_mean_abs {
@@ -663,6 +662,11 @@ fn run(file: &Path, only: &[String], metric: Metric, o: Outputs) -> Result<ExitC
         .expect("static template"),
     );
     let started = std::time::Instant::now();
+    if s.diagnose.local {
+        eprintln!(
+            "  local error: after the plain runs, side B of every comparison runs once more, each layer on side A's inputs (about one more run per comparison)"
+        );
+    }
     let report = engine::run_scenario(&s, &session, &mut |k, n, side, variant| {
         bar.set_length(n as u64);
         bar.set_position(k as u64);

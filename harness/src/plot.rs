@@ -481,7 +481,7 @@ pub fn local_figures(scenario: &str, outcomes: &[Outcome], log_y: bool) -> Vec<(
         let (family, who) = family_of(&o.comparison);
         let panels = fams.entry(family).or_default();
         for v in &o.variants {
-            let Some(Ok(p)) = &v.local else { continue };
+            let Some(p) = &v.local else { continue };
             let at = match panels.iter().position(|(t, _)| *t == v.variant) {
                 Some(i) => i,
                 None => {

@@ -317,7 +317,7 @@ fn run_names_the_first_divergent_op_and_splits_local_from_inherited_error() {
     }
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("valid json");
-    let local = &doc["outcomes"][1]["variants"][0]["local"]["Ok"]["layers"];
+    let local = &doc["outcomes"][1]["variants"][0]["local"]["layers"];
     assert_eq!(local.as_array().map(Vec::len), Some(6), "{local}");
 
     for (args, want) in [

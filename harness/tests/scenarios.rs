@@ -441,6 +441,7 @@ fn selftest_band_catches_a_wrong_model() -> Result<(), Failed> {
                 skipped: None,
                 ops: None,
                 local: None,
+                local_unavailable: None,
                 forced_wall_ms: None,
             });
         }
