@@ -553,6 +553,32 @@ pub fn run_scenario(
             session.release_input(s, *v);
         }
     }
+    // Teacher forcing: side B of every comparison once more on side A's
+    // inputs, with progress (evaluation below finds them memoised).
+    if s.diagnose.local {
+        let forced: Vec<(&Comparison, usize)> = comps
+            .iter()
+            .filter(|c| c.b.baseline.is_none())
+            .flat_map(|c| (0..s.variants.len()).map(move |v| (c, v)))
+            .collect();
+        let total = needed.len() + forced.len();
+        for (k, (c, v)) in forced.iter().enumerate() {
+            let label = format!("{}, forced by {}", s.variants[*v].label, c.a);
+            progress(needed.len() + k, total, &c.b, &label);
+            if let (Ok(a), Ok(_)) = (
+                session.run(s, *v, c.a.backend, &c.a.strategy),
+                session.run(s, *v, c.b.backend, &c.b.strategy),
+            ) {
+                // A failure is reported by the evaluation.
+                let _ = session.forced_run(
+                    s,
+                    *v,
+                    (c.b.backend, &c.b.strategy),
+                    (&c.a.to_string(), &a.checkpoints),
+                );
+            }
+        }
+    }
     let mut outcomes = Vec::new();
     let mut errors = Vec::new();
     for c in &comps {

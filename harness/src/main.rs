@@ -662,11 +662,6 @@ fn run(file: &Path, only: &[String], metric: Metric, o: Outputs) -> Result<ExitC
         .expect("static template"),
     );
     let started = std::time::Instant::now();
-    if s.diagnose.local {
-        eprintln!(
-            "  local error: after the plain runs, side B of every comparison runs once more, each layer on side A's inputs (about one more run per comparison)"
-        );
-    }
     let report = engine::run_scenario(&s, &session, &mut |k, n, side, variant| {
         bar.set_length(n as u64);
         bar.set_position(k as u64);
