@@ -325,6 +325,24 @@ pub fn evaluate(s: &Scenario, session: &Session, c: &Comparison) -> Result<Outco
     })
 }
 
+/// Side B of `c` run again on side A's checkpoints `a` (variant `v`),
+/// memoised by the session: the one place a comparison's forced run is
+/// asked for, by [`run_scenario`] (with progress) and by [`evaluate`].
+fn forced_b(
+    s: &Scenario,
+    session: &Session,
+    v: usize,
+    c: &Comparison,
+    a: &Checkpoints,
+) -> Result<Arc<Run>, RunError> {
+    if c.b.baseline.is_some() {
+        return Err(RunError::Skip(
+            "side B is a recorded baseline: teacher forcing needs a live run of it".into(),
+        ));
+    }
+    session.forced_run(s, v, (c.b.backend, &c.b.strategy), (&c.a.to_string(), a))
+}
+
 /// Side B of `c` run again on side A's inputs, and the split of the error
 /// it gives (see [`crate::origin`]), with the forced run's wall time in ms.
 fn local(
@@ -335,12 +353,7 @@ fn local(
     a: &Checkpoints,
     b: &Checkpoints,
 ) -> Result<(LocalProfile, f64), RunError> {
-    if c.b.baseline.is_some() {
-        return Err(RunError::Skip(
-            "side B is a recorded baseline: teacher forcing needs a live run of it".into(),
-        ));
-    }
-    let forced = session.forced_run(s, v, (c.b.backend, &c.b.strategy), (&c.a.to_string(), a))?;
+    let forced = forced_b(s, session, v, c, a)?;
     let p = LocalProfile::compare(a, b, &forced.checkpoints).map_err(RunError::Skip)?;
     Ok((p, forced.wall.as_secs_f64() * 1e3))
 }
@@ -570,12 +583,7 @@ pub fn run_scenario(
                 session.run(s, *v, c.b.backend, &c.b.strategy),
             ) {
                 // A failure is reported by the evaluation.
-                let _ = session.forced_run(
-                    s,
-                    *v,
-                    (c.b.backend, &c.b.strategy),
-                    (&c.a.to_string(), &a.checkpoints),
-                );
+                let _ = forced_b(s, session, *v, c, &a.checkpoints);
             }
         }
     }
