@@ -221,13 +221,16 @@ mod tests {
 
     #[test]
     fn the_readme_lists_every_variable() {
-        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
-            .expect("README.md");
+        let readme = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/environment.md"
+        ))
+        .expect("README.md");
         for v in VARS {
             for name in v.name.split(", ") {
                 assert!(
                     readme.contains(&format!("`{name}`")),
-                    "README's environment table lacks `{name}`"
+                    "docs/environment.md's environment table lacks `{name}`"
                 );
             }
         }
