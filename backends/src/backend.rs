@@ -154,9 +154,7 @@ pub trait Backend: Send + Sync {
         self.available().map_err(BackendError::Unavailable)?;
         self.supports(Capability::DType(dtype))
             .map_err(BackendError::Unsupported)?;
-        if let ModelSpec::Decoder(d) = model
-            && d.attention == AttentionForm::Fused
-        {
+        if model.attention() == Some(AttentionForm::Fused) {
             self.supports(Capability::FusedAttention)
                 .map_err(BackendError::Unsupported)?;
         }

@@ -412,8 +412,8 @@ struct BurnOps<B: BurnBackend> {
 struct BurnLinear<B: BurnBackend> {
     /// `[in, out]`.
     weight: FloatTensor<B>,
-    /// `[out]`.
-    bias: FloatTensor<B>,
+    /// `[out]`; `None` for a linear without bias.
+    bias: Option<FloatTensor<B>>,
 }
 
 fn e(err: impl std::fmt::Display) -> String {
@@ -461,7 +461,7 @@ impl<B: BurnBackend> Ops for BurnOps<B> {
     fn prepare_linear(
         &self,
         w: &HostTensor,
-        b: &HostTensor,
+        b: Option<&HostTensor>,
         dtype: DType,
     ) -> OpResult<Self::Linear> {
         let [out, inp] = w.shape[..] else {
@@ -475,12 +475,12 @@ impl<B: BurnBackend> Ops for BurnOps<B> {
         }
         Ok(BurnLinear {
             weight: self.upload(&HostTensor::new(vec![inp, out], wt), dtype)?,
-            bias: self.upload(b, dtype)?,
+            bias: b.map(|b| self.upload(b, dtype)).transpose()?,
         })
     }
 
     fn linear(&self, x: &Self::T, l: &Self::Linear) -> OpResult<Self::T> {
-        Ok(B::linear(x.clone(), l.weight.clone(), Some(l.bias.clone())))
+        Ok(B::linear(x.clone(), l.weight.clone(), l.bias.clone()))
     }
 
     fn norm(
@@ -540,6 +540,15 @@ impl<B: BurnBackend> Ops for BurnOps<B> {
             }
             // burn_tensor::activation::silu: x * sigmoid(x)
             Activation::Silu => B::float_mul(x.clone(), B::sigmoid(x.clone())),
+            // transformers' NewGELUActivation, op by op:
+            // (0.5 * x) * (1.0 + tanh(sqrt(2/π) * (x + 0.044715 * x³)))
+            Activation::GeluNew => {
+                let cube = B::float_powf_scalar(x.clone(), float(3.0));
+                let inner = B::float_add(x.clone(), B::float_mul_scalar(cube, float(0.044715)));
+                let inner = B::float_mul_scalar(inner, float((2.0 / core::f64::consts::PI).sqrt()));
+                let t = B::float_add_scalar(B::float_tanh(inner), float(1.0));
+                B::float_mul(B::float_mul_scalar(x.clone(), float(0.5)), t)
+            }
         })
     }
 

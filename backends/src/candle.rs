@@ -149,10 +149,15 @@ impl Ops for CandleOps {
             .map_err(e)
     }
 
-    fn prepare_linear(&self, w: &HostTensor, b: &HostTensor, d: DType) -> OpResult<Self::Linear> {
+    fn prepare_linear(
+        &self,
+        w: &HostTensor,
+        b: Option<&HostTensor>,
+        d: DType,
+    ) -> OpResult<Self::Linear> {
         Ok(candle_nn::Linear::new(
             self.upload(w, d)?,
-            Some(self.upload(b, d)?),
+            b.map(|b| self.upload(b, d)).transpose()?,
         ))
     }
 
@@ -186,6 +191,13 @@ impl Ops for CandleOps {
             Activation::GeluErf => x.gelu_erf(),
             Activation::GeluTanh => x.gelu(),
             Activation::Silu => x.silu(),
+            // transformers' NewGELUActivation, op by op:
+            // 0.5 * x * (1.0 + tanh(sqrt(2/π) * (x + 0.044715 * x³)))
+            Activation::GeluNew => (|| {
+                let inner = (x + (x.powf(3.0)? * 0.044715)?)?;
+                let t = ((inner * (2.0 / std::f64::consts::PI).sqrt())?.tanh()? + 1.0)?;
+                (x * 0.5)? * t
+            })(),
         }
         .map_err(e)
     }

@@ -72,4 +72,57 @@ impl HostTensor {
         }
         HostTensor::new(vec![batches.len(), len, dim], data)
     }
+
+    /// A 2-d array transposed (`[a, b]` → `[b, a]`).
+    pub fn transposed(&self) -> Result<HostTensor, String> {
+        let [a, b] = self.shape[..] else {
+            return Err(format!("transpose needs a 2-d array, got {:?}", self.shape));
+        };
+        let mut data = vec![0.0f32; a * b];
+        for i in 0..a {
+            for j in 0..b {
+                data[j * a + i] = self.data[i * b + j];
+            }
+        }
+        Ok(HostTensor::new(vec![b, a], data))
+    }
+
+    /// Rows `start..start + len` of the first dimension.
+    pub fn narrow_rows(&self, start: usize, len: usize) -> HostTensor {
+        let row: usize = self.shape[1..].iter().product();
+        let mut shape = self.shape.clone();
+        shape[0] = len;
+        HostTensor::new(shape, self.data[start * row..(start + len) * row].to_vec())
+    }
+}
+
+/// Token ids, `[batch, seq]` row-major: a language model's input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tokens {
+    /// Sequences.
+    pub batch: usize,
+    /// Positions per sequence.
+    pub seq: usize,
+    /// `batch · seq` ids.
+    pub ids: Vec<u32>,
+}
+
+impl Tokens {
+    /// `batch × seq` ids drawn uniformly below `vocab` from `seed`
+    /// (deterministic on every machine).
+    pub fn random(batch: usize, seq: usize, vocab: usize, seed: u64) -> Tokens {
+        let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
+        let ids = (0..batch * seq)
+            .map(|_| {
+                // splitmix64
+                state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                z ^= z >> 31;
+                (z % vocab.max(1) as u64) as u32
+            })
+            .collect();
+        Tokens { batch, seq, ids }
+    }
 }

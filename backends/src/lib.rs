@@ -6,8 +6,11 @@
 //! that is the `layerdrift` harness's job.
 //!
 //! The pieces:
-//! - [`model`]: what to compute (`residual_mlp`, `decoder`) and the names and
-//!   shapes of its parameters (PyTorch `state_dict` names).
+//! - [`model`]: what to compute — one module per model kind
+//!   (`residual_mlp`, `decoder`, `llama`, `gpt2`) with its parameters
+//!   (PyTorch / Hugging Face `state_dict` names), ops and forward pass.
+//! - [`hf`]: Hugging Face checkpoint folders (`config.json` and
+//!   safetensors, sharded or not) read into a model and its weights.
 //! - [`host`] and [`weights`]: host-side f32 arrays, generated once from a
 //!   seed or read from a safetensors file, handed identically to every backend.
 //! - [`request`]: one run — model, weights, input, dtype, strategy
@@ -31,6 +34,7 @@ pub mod device;
 pub mod dtype;
 mod exec;
 mod fingerprint;
+pub mod hf;
 pub mod host;
 pub mod model;
 mod ops;
@@ -51,8 +55,12 @@ pub use backend::{Backend, BackendError, BackendInfo, Capability, registry};
 pub use device::{BackendId, DeviceKind};
 pub use dtype::DType;
 pub use fingerprint::fingerprint;
-pub use host::HostTensor;
-pub use model::{Activation, AttentionForm, DecoderSpec, ModelSpec, Norm, ResidualMlpSpec};
+pub use host::{HostTensor, Tokens};
+pub use model::{
+    Activation, AttentionForm, DecoderSpec, Gpt2Spec, LlamaSpec, ModelSpec, Norm, ResidualMlpSpec,
+};
 pub use probe::{ProbeOp, ProbePoint, ProbeRequest};
-pub use request::{Checkpoints, Diagnose, Execution, OpCheckpoint, Row, RunRequest, Schedule};
+pub use request::{
+    Checkpoints, Diagnose, Execution, HeadCheckpoints, OpCheckpoint, Row, RunRequest, Schedule,
+};
 pub use weights::{Weights, WeightsError, generate_input};

@@ -10,6 +10,15 @@ use crate::dtype::DType;
 use crate::host::HostTensor;
 use crate::model::{Activation, Norm};
 
+/// How a linear layer's weight is stored on the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// `nn.Linear`: `[out, in]`, computing `x @ Wᵀ`.
+    OutIn,
+    /// GPT-2's `Conv1D`: `[in, out]`, computing `x @ W`.
+    InOut,
+}
+
 /// Result of an op; the message is the library's own.
 pub(crate) type OpResult<T> = Result<T, String>;
 
@@ -29,13 +38,41 @@ pub(crate) trait Ops {
         let data = data.iter().map(|&x| x as f32).collect();
         self.upload(&HostTensor::new(shape.to_vec(), data), dtype)
     }
-    /// Prepares a linear layer from PyTorch-layout `weight [out, in]` and `bias [out]`.
+    /// Prepares a linear layer from PyTorch-layout `weight [out, in]` and
+    /// `bias [out]` (`None`: `nn.Linear(bias=False)`).
     fn prepare_linear(
         &self,
         w: &HostTensor,
-        b: &HostTensor,
+        b: Option<&HostTensor>,
         dtype: DType,
     ) -> OpResult<Self::Linear>;
+    /// Prepares a linear layer stored `[in, out]` (GPT-2's `Conv1D`).
+    /// Default: transposed on the host, then [`Ops::prepare_linear`];
+    /// libtorch keeps the stored layout and multiplies as `Conv1D` does.
+    fn prepare_linear_in_out(
+        &self,
+        w: &HostTensor,
+        b: Option<&HostTensor>,
+        dtype: DType,
+    ) -> OpResult<Self::Linear> {
+        self.prepare_linear(&w.transposed()?, b, dtype)
+    }
+    /// The rotary tables of positions `start..end` as Hugging Face's
+    /// `LlamaRotaryEmbedding` computes them in f32: `inv_freq[i] = 1 /
+    /// theta^(2i / head_dim)`, `freq = pos · inv_freq`, `cos`/`sin` of
+    /// `[freq, freq]`, each `[len, head_dim]` in `dtype`. Default: on the host
+    /// with `libm`'s f32 functions; libtorch computes them with its own ops,
+    /// as transformers does.
+    fn rope_tables_f32(
+        &self,
+        theta: f64,
+        head_dim: usize,
+        (start, end): (usize, usize),
+        dtype: DType,
+    ) -> OpResult<(Self::T, Self::T)> {
+        let (c, s) = crate::model::transformer::rope_tables_f32(theta, head_dim, start, end);
+        Ok((self.upload(&c, dtype)?, self.upload(&s, dtype)?))
+    }
     /// `x @ Wᵀ + b` over the last dimension.
     fn linear(&self, x: &Self::T, l: &Self::Linear) -> OpResult<Self::T>;
     /// Normalisation over the last dimension (`b` is `None` for RMSNorm).

@@ -174,7 +174,7 @@ pub(crate) fn run<O: Ops>(ops: &O, req: &ProbeRequest) -> OpResult<Vec<ProbePoin
             w.data.iter_mut().for_each(|x| *x *= s);
             w.shape = vec![req.out, req.width];
             let b = HostTensor::full(vec![req.out], 0.0);
-            Some(ops.prepare_linear(&w, &b, dtype)?)
+            Some(ops.prepare_linear(&w, Some(&b), dtype)?)
         }
         _ => None,
     };

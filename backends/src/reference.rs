@@ -16,7 +16,7 @@ use crate::device::{BackendId, DeviceKind};
 use crate::dtype::DType;
 use crate::exec;
 use crate::host::HostTensor;
-use crate::model::{Activation, ModelSpec, Norm};
+use crate::model::{Activation, AttentionForm, Norm, transformer};
 use crate::ops::{OpResult, Ops};
 use crate::probe::{self, ProbePoint, ProbeRequest};
 use crate::request::{Checkpoints, Execution, Row, RunRequest, Schedule};
@@ -52,27 +52,20 @@ impl Backend for Reference {
 
     fn run(&self, req: &RunRequest<'_>) -> Result<Checkpoints, BackendError> {
         // Fused attention is the same mathematics; the oracle computes it by hand.
-        let manual;
-        let model = match req.model {
-            ModelSpec::Decoder(d) => {
-                manual = ModelSpec::Decoder(crate::model::DecoderSpec {
-                    attention: crate::model::AttentionForm::Manual,
-                    ..d.clone()
-                });
-                &manual
-            }
-            m => m,
-        };
+        let model = req.model.with_attention(AttentionForm::Manual);
         // The truth does not depend on how it is scheduled: the oracle always
         // computes batched (batch-invariant execution would only cost time).
         let req = &RunRequest {
-            model,
+            model: &model,
             execution: Execution::Standard,
             ..*req
         };
-        match (req.model, req.schedule) {
+        req.schedule
+            .fits(req.model)
+            .map_err(BackendError::Unsupported)?;
+        if req.model.rows_independent() {
             // Rows are independent: compute only the observed ones.
-            (ModelSpec::ResidualMlp(_), _) => exec::run(
+            return exec::run(
                 &F64,
                 "reference-cpu",
                 &RunRequest {
@@ -80,44 +73,42 @@ impl Backend for Reference {
                     dtype: DType::F64,
                     ..*req
                 },
-            ),
-            // A decoder needs every earlier position of the observed batch
-            // elements; cut the input down to exactly that.
-            (ModelSpec::Decoder(_), schedule) => {
-                let (batches, len) = exec::decoder_support(req.observed);
-                let input = req.input.select(&batches, len);
-                let observed: Vec<Row> = req
-                    .observed
-                    .iter()
-                    .map(|r| Row {
-                        batch: batches
-                            .binary_search(&r.batch)
-                            .expect("observed batch is in support"),
-                        pos: r.pos,
-                    })
-                    .collect();
-                let schedule = match schedule {
-                    Schedule::Segments(segs) => Schedule::Segments(
-                        segs.iter()
-                            .filter(|(s, _)| *s < len)
-                            .map(|&(s, e)| (s, e.min(len)))
-                            .collect(),
-                    ),
-                    _ => Schedule::Full,
-                };
-                exec::run(
-                    &F64,
-                    "reference-cpu",
-                    &RunRequest {
-                        input: &input,
-                        observed: &observed,
-                        schedule: &schedule,
-                        dtype: DType::F64,
-                        ..*req
-                    },
-                )
-            }
+            );
         }
+        // Attention needs every earlier position of the observed batch
+        // elements; cut the input down to exactly that.
+        let (batches, len) = transformer::support(req.observed);
+        let input = req.input.select(&batches, len);
+        let observed: Vec<Row> = req
+            .observed
+            .iter()
+            .map(|r| Row {
+                batch: batches
+                    .binary_search(&r.batch)
+                    .expect("observed batch is in support"),
+                pos: r.pos,
+            })
+            .collect();
+        let schedule = match req.schedule {
+            Schedule::Segments(segs) => Schedule::Segments(
+                segs.iter()
+                    .filter(|(s, _)| *s < len)
+                    .map(|&(s, e)| (s, e.min(len)))
+                    .collect(),
+            ),
+            Schedule::Full | Schedule::Rows => Schedule::Full,
+        };
+        exec::run(
+            &F64,
+            "reference-cpu",
+            &RunRequest {
+                input: &input,
+                observed: &observed,
+                schedule: &schedule,
+                dtype: DType::F64,
+                ..*req
+            },
+        )
     }
 
     /// The probe in f64 (whatever dtype is asked, as in a run): ndarray's
@@ -162,7 +153,7 @@ fn broadcast_op(a: &T, b: &T, f: impl Fn(f64, f64) -> f64) -> OpResult<T> {
 
 impl Ops for F64 {
     type T = T;
-    type Linear = (ndarray::Array2<f64>, ndarray::Array1<f64>);
+    type Linear = (ndarray::Array2<f64>, Option<ndarray::Array1<f64>>);
 
     fn upload(&self, t: &HostTensor, _: DType) -> OpResult<T> {
         ArrayD::from_shape_vec(IxDyn(&t.shape), t.data.iter().map(|&x| x as f64).collect())
@@ -173,15 +164,23 @@ impl Ops for F64 {
         ArrayD::from_shape_vec(IxDyn(shape), data.to_vec()).map_err(|e| e.to_string())
     }
 
-    fn prepare_linear(&self, w: &HostTensor, b: &HostTensor, d: DType) -> OpResult<Self::Linear> {
+    fn prepare_linear(
+        &self,
+        w: &HostTensor,
+        b: Option<&HostTensor>,
+        d: DType,
+    ) -> OpResult<Self::Linear> {
         let w = self
             .upload(w, d)?
             .into_dimensionality::<Ix2>()
             .map_err(|e| e.to_string())?;
-        let b = self
-            .upload(b, d)?
-            .into_dimensionality()
-            .map_err(|e| e.to_string())?;
+        let b = b
+            .map(|b| {
+                self.upload(b, d)?
+                    .into_dimensionality()
+                    .map_err(|e| e.to_string())
+            })
+            .transpose()?;
         // Kept as `[out, in]`: `linear` multiplies by its transposed view,
         // which matrixmultiply reads with strides — no transposed copy.
         Ok((w, b))
@@ -195,7 +194,10 @@ impl Ops for F64 {
             .into_shape_with_order((x.len() / inner, inner))
             .map_err(|e| e.to_string())?
             .to_owned();
-        let y = x2.dot(&w.t()) + b;
+        let mut y = x2.dot(&w.t());
+        if let Some(b) = b {
+            y += b;
+        }
         let mut out_shape = shape;
         *out_shape.last_mut().expect("non-scalar") = w.nrows();
         y.into_shape_with_order(IxDyn(&out_shape))
@@ -224,7 +226,7 @@ impl Ops for F64 {
     fn activation(&self, x: &T, act: Activation) -> OpResult<T> {
         Ok(x.mapv(|v| match act {
             Activation::GeluErf => erf_gelu(v),
-            Activation::GeluTanh => tanh_gelu(v),
+            Activation::GeluTanh | Activation::GeluNew => tanh_gelu(v),
             Activation::Silu => v / (1.0 + (-v).exp()),
         }))
     }

@@ -52,19 +52,21 @@ impl Schedule {
     ///     layers: 1, dim: 4, hidden: 4, activation: Activation::GeluErf,
     ///     norm: Norm::LayerNorm, eps: 1e-5, residual: true });
     /// assert!(Schedule::Rows.fits(&mlp).is_ok());
-    /// assert!(Schedule::kv_cache(2, 4).fits(&mlp).unwrap_err().contains("decoder"));
+    /// assert!(Schedule::kv_cache(2, 4).fits(&mlp).unwrap_err().contains("attention"));
     /// ```
     pub fn fits(&self, model: &ModelSpec) -> Result<(), String> {
-        match (self, model) {
-            (Schedule::Rows, ModelSpec::Decoder(_)) => Err(
-                "`rows` needs row-independent layers; a decoder's rows attend to earlier positions — use `kv_cache` or `chunked`"
-                    .into(),
-            ),
-            (Schedule::Segments(_), ModelSpec::ResidualMlp(_)) => Err(
-                "`kv_cache` and `chunked` need a decoder (attention with a KV cache); a residual_mlp has none — use `full` or `rows`"
-                    .into(),
-            ),
-            _ => Ok(()),
+        match self {
+            Schedule::Full => Ok(()),
+            Schedule::Rows if model.rows_independent() => Ok(()),
+            Schedule::Rows => Err(format!(
+                "`rows` needs row-independent layers; a {}'s rows attend to earlier positions — use `kv_cache` or `chunked`",
+                model.kind()
+            )),
+            Schedule::Segments(_) if model.kv_cache() => Ok(()),
+            Schedule::Segments(_) => Err(format!(
+                "`kv_cache` and `chunked` need attention with a KV cache; a {} has none — use `full` or `rows`",
+                model.kind()
+            )),
         }
     }
 
@@ -123,10 +125,10 @@ pub struct Diagnose<'a> {
     /// this backend's layer applied to the other run's input: the error the
     /// layer adds by itself. Every other row, and the shapes every kernel
     /// sees, stay this run's own. Only for row-independent models
-    /// ([`ModelSpec::ResidualMlp`]): a decoder row's layer input includes
-    /// every earlier position's, which never leaves a backend.
+    /// ([`ModelSpec::rows_independent`]): a decoder row's layer input
+    /// includes every earlier position's, which never leaves a backend.
     ///
-    /// [`ModelSpec::ResidualMlp`]: crate::ModelSpec::ResidualMlp
+    /// [`ModelSpec::rows_independent`]: crate::ModelSpec::rows_independent
     pub forced: Option<&'a Checkpoints>,
 }
 
@@ -208,6 +210,20 @@ pub struct Checkpoints {
     /// when [`Diagnose::ops`] asked for them; empty otherwise. The last op
     /// of each layer is that layer's output (`layers`), bit for bit.
     pub ops: Vec<OpCheckpoint>,
+    /// A language model's head: the final norm and the logits of the
+    /// observed rows ([`ModelSpec::vocab`] is `Some`); `None` otherwise.
+    pub head: Option<HeadCheckpoints>,
+}
+
+/// The observed rows after a language model's final norm, and their logits.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HeadCheckpoints {
+    /// Vocabulary size: the width of a logits row.
+    pub vocab: usize,
+    /// `[rows, dim]`, row-major: the final norm's output.
+    pub final_norm: Vec<f64>,
+    /// `[rows, vocab]`, row-major: the logits.
+    pub logits: Vec<f64>,
 }
 
 impl Checkpoints {
@@ -217,12 +233,20 @@ impl Checkpoints {
     /// FNV-1a over the bits of every value, continuing from `state` (start
     /// with [`Checkpoints::FNV_OFFSET`]; chain it to hash several runs).
     pub fn fnv1a(&self, state: u64) -> u64 {
-        self.layers.iter().flatten().fold(state, |h, x| {
-            x.to_bits()
-                .to_le_bytes()
-                .iter()
-                .fold(h, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01B3))
-        })
+        let head = self
+            .head
+            .iter()
+            .flat_map(|h| h.final_norm.iter().chain(&h.logits));
+        self.layers
+            .iter()
+            .flatten()
+            .chain(head)
+            .fold(state, |h, x| {
+                x.to_bits()
+                    .to_le_bytes()
+                    .iter()
+                    .fold(h, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01B3))
+            })
     }
 
     /// Row `r` after layer index `l` (0-based).

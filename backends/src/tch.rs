@@ -215,8 +215,9 @@ fn dims(shape: &[usize]) -> Vec<i64> {
 
 impl Ops for TchOps {
     type T = Shared;
-    /// `(weight [out, in], bias [out])`, as `torch.nn.Linear` holds them.
-    type Linear = (Tensor, Tensor);
+    /// `(weight [out, in], bias [out])`, as `torch.nn.Linear` holds them
+    /// (for a `Conv1D`, the transposed view of its `[in, out]` weight).
+    type Linear = (Tensor, Option<Tensor>);
 
     fn upload(&self, t: &HostTensor, d: DType) -> OpResult<Shared> {
         // Cast on the host, so every device starts from the same rounded values.
@@ -226,12 +227,65 @@ impl Ops for TchOps {
             .and_then(|x| x.f_to_device(self.device)))
     }
 
-    fn prepare_linear(&self, w: &HostTensor, b: &HostTensor, d: DType) -> OpResult<Self::Linear> {
-        Ok((self.upload(w, d)?.0, self.upload(b, d)?.0))
+    fn prepare_linear(
+        &self,
+        w: &HostTensor,
+        b: Option<&HostTensor>,
+        d: DType,
+    ) -> OpResult<Self::Linear> {
+        let b = b.map(|b| self.upload(b, d).map(|t| t.0)).transpose()?;
+        Ok((self.upload(w, d)?.0, b))
+    }
+
+    /// Keeps the `[in, out]` tensor as stored and hands `linear` its
+    /// transposed view, which `at::linear` transposes back: the product is
+    /// `addmm(bias, x, W)` on the stored layout, as `Conv1D.forward` computes.
+    fn prepare_linear_in_out(
+        &self,
+        w: &HostTensor,
+        b: Option<&HostTensor>,
+        d: DType,
+    ) -> OpResult<Self::Linear> {
+        let b = b.map(|b| self.upload(b, d).map(|t| t.0)).transpose()?;
+        Ok((self.upload(w, d)?.0.f_transpose(0, 1).map_err(e)?, b))
     }
 
     fn linear(&self, x: &Shared, (w, b): &Self::Linear) -> OpResult<Shared> {
-        ok(x.0.f_linear(w, Some(b)))
+        ok(x.0.f_linear(w, b.as_ref()))
+    }
+
+    /// As transformers' `LlamaRotaryEmbedding` in f32 (5.x): `inv_freq =
+    /// 1.0 / (theta ** (arange(0, hd, 2).float() / hd))` (`1.0 / t` is
+    /// `reciprocal(t) * 1.0` in PyTorch), `freqs = pos[:, None].float() *
+    /// inv_freq`, `emb = cat(freqs, freqs)`, then libtorch's `cos`, `sin`.
+    fn rope_tables_f32(
+        &self,
+        theta: f64,
+        head_dim: usize,
+        (start, end): (usize, usize),
+        dtype: DType,
+    ) -> OpResult<(Shared, Shared)> {
+        let cpu = (Kind::Float, Device::Cpu);
+        let tables = || -> Result<(Tensor, Tensor), TchError> {
+            let exps = Tensor::f_arange_start_step(0i64, head_dim as i64, 2i64, cpu)?
+                .f_div_scalar(head_dim as i64)?;
+            let inv = Tensor::f_pow_scalar(theta, &exps)?
+                .f_reciprocal()?
+                .f_mul_scalar(1.0)?;
+            let len = (end - start) as i64;
+            let pos = Tensor::f_arange_start(start as i64, end as i64, (Kind::Int64, Device::Cpu))?
+                .f_to_kind(Kind::Float)?
+                .f_reshape([len, 1])?;
+            let freqs = pos.f_mul(&inv)?;
+            let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?;
+            let (c, s) = (emb.f_cos()?, emb.f_sin()?);
+            Ok((
+                c.f_to_kind(kind(dtype))?.f_to_device(self.device)?,
+                s.f_to_kind(kind(dtype))?.f_to_device(self.device)?,
+            ))
+        };
+        let (c, s) = tables().map_err(e)?;
+        Ok((Shared(c), Shared(s)))
     }
 
     fn norm(
@@ -252,7 +306,17 @@ impl Ops for TchOps {
             Norm::LayerNorm => {
                 x.0.f_layer_norm([last], Some(&w.0), b.map(|b| &b.0), eps, true)
             }
-            Norm::RmsNorm => x.0.f_rms_norm([last], Some(&w.0), Some(eps)),
+            // transformers' LlamaRMSNorm, op by op: in f32,
+            // `x * rsqrt(x.pow(2).mean(-1, keepdim) + eps)`, cast back, then `w * x`.
+            Norm::RmsNorm => (|| {
+                let _ = last;
+                let xf = x.0.f_to_kind(Kind::Float)?;
+                let var = xf
+                    .f_pow_tensor_scalar(2i64)?
+                    .f_mean_dim(-1, true, None::<Kind>)?;
+                let h = xf.f_mul(&var.f_add_scalar(eps)?.f_rsqrt()?)?;
+                w.0.f_mul(&h.f_to_kind(x.0.kind())?)
+            })(),
         })
     }
 
@@ -261,6 +325,17 @@ impl Ops for TchOps {
             Activation::GeluErf => x.0.f_gelu("none"),
             Activation::GeluTanh => x.0.f_gelu("tanh"),
             Activation::Silu => x.0.f_silu(),
+            // transformers' NewGELUActivation, op by op:
+            // 0.5 * x * (1.0 + tanh(sqrt(2/π) * (x + 0.044715 * pow(x, 3.0))))
+            Activation::GeluNew => (|| {
+                let inner =
+                    x.0.f_add(&x.0.f_pow_tensor_scalar(3.0)?.f_mul_scalar(0.044715)?)?;
+                let t = inner
+                    .f_mul_scalar((2.0 / std::f64::consts::PI).sqrt())?
+                    .f_tanh()?
+                    .f_add_scalar(1.0)?;
+                x.0.f_mul_scalar(0.5)?.f_mul(&t)
+            })(),
         })
     }
 

@@ -199,19 +199,19 @@ pub fn write(
         let name = e.info.tensor_name();
         let c = &e.checkpoints;
         let flat: Vec<f64> = c.layers.iter().flatten().copied().collect();
-        let (dtype, bytes) = if exact_in_f32(&flat) {
-            let b = flat
-                .iter()
-                .flat_map(|x| (*x as f32).to_le_bytes())
-                .collect();
-            (Dtype::F32, b)
-        } else {
-            (
-                Dtype::F64,
-                flat.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            )
-        };
+        let (dtype, bytes) = encode(&flat);
         let shape = vec![c.layers.len(), c.rows, c.dim];
+        // A language model's head: `{name}/final_norm` `[rows, dim]` and
+        // `{name}/logits` `[rows, vocab]`, read back with the entry.
+        if let Some(h) = &c.head {
+            for (suffix, values, width) in [
+                (HEAD_NORM, &h.final_norm, c.dim),
+                (HEAD_LOGITS, &h.logits, h.vocab),
+            ] {
+                let (d, b) = encode(values);
+                buffers.insert(format!("{name}/{suffix}"), (d, vec![c.rows, width], b));
+            }
+        }
         if buffers
             .insert(name.clone(), (dtype, shape, bytes))
             .is_some()
@@ -235,6 +235,42 @@ pub fn write(
         std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
     }
     safetensors::serialize_to_file(views, Some(meta), path).map_err(|e| fail(e.to_string()))
+}
+
+/// The tensor-name suffixes of a language model's head in a baseline.
+const HEAD_NORM: &str = "final_norm";
+const HEAD_LOGITS: &str = "logits";
+
+/// Values as F32 where every one is an f32 (exactly), else F64.
+fn encode(flat: &[f64]) -> (Dtype, Vec<u8>) {
+    if exact_in_f32(flat) {
+        let b = flat
+            .iter()
+            .flat_map(|x| (*x as f32).to_le_bytes())
+            .collect();
+        (Dtype::F32, b)
+    } else {
+        (
+            Dtype::F64,
+            flat.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        )
+    }
+}
+
+/// A tensor's values as f64 (F32 or F64 only).
+fn decode(name: &str, view: &TensorView<'_>) -> Result<Vec<f64>, String> {
+    let raw = view.data();
+    match view.dtype() {
+        Dtype::F32 => Ok(raw
+            .chunks_exact(4)
+            .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .collect()),
+        Dtype::F64 => Ok(raw
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect()),
+        d => Err(format!("tensor `{name}` is {d:?}, expected F32 or F64")),
+    }
 }
 
 /// Reads a baseline. Errors name the file and what is wrong with it.
@@ -280,6 +316,9 @@ pub fn read(path: &Path) -> Result<Baseline, String> {
     let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
     names.sort();
     for name in names {
+        if name.ends_with(&format!("/{HEAD_NORM}")) || name.ends_with(&format!("/{HEAD_LOGITS}")) {
+            continue;
+        }
         let view = st.tensor(&name).map_err(|e| bad(e.to_string()))?;
         let einfo: EntryInfo = serde_json::from_str(&field(&format!("entry:{name}"))?)
             .map_err(|e| bad(format!("metadata of `{name}`: {e}")))?;
@@ -295,22 +334,7 @@ pub fn read(path: &Path) -> Result<Baseline, String> {
                 view.shape()
             )));
         };
-        let raw = view.data();
-        let values: Vec<f64> = match view.dtype() {
-            Dtype::F32 => raw
-                .chunks_exact(4)
-                .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-                .collect(),
-            Dtype::F64 => raw
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
-                .collect(),
-            d => {
-                return Err(bad(format!(
-                    "tensor `{name}` is {d:?}, expected F32 or F64"
-                )));
-            }
-        };
+        let values = decode(&name, &view).map_err(bad)?;
         let per = rows * dim;
         if values.len() != layers * per {
             return Err(bad(format!(
@@ -326,6 +350,7 @@ pub fn read(path: &Path) -> Result<Baseline, String> {
                 values.chunks(per).map(<[f64]>::to_vec).collect()
             },
             ops: Vec::new(),
+            head: read_head(&st, &name, rows, dim).map_err(bad)?,
         };
         entries.push(Arc::new(Entry {
             info: einfo,
@@ -339,6 +364,34 @@ pub fn read(path: &Path) -> Result<Baseline, String> {
         variants,
         entries,
     })
+}
+
+/// The head tensors of entry `name`, if the baseline has them.
+fn read_head(
+    st: &SafeTensors<'_>,
+    name: &str,
+    rows: usize,
+    dim: usize,
+) -> Result<Option<layerdrift_backends::HeadCheckpoints>, String> {
+    let (Ok(n), Ok(l)) = (
+        st.tensor(&format!("{name}/{HEAD_NORM}")),
+        st.tensor(&format!("{name}/{HEAD_LOGITS}")),
+    ) else {
+        return Ok(None);
+    };
+    let vocab = match l.shape() {
+        [r, v] if *r == rows && n.shape() == [rows, dim] => *v,
+        s => {
+            return Err(format!(
+                "tensor `{name}/{HEAD_LOGITS}` has shape {s:?}, expected [{rows}, vocab]"
+            ));
+        }
+    };
+    Ok(Some(layerdrift_backends::HeadCheckpoints {
+        vocab,
+        final_norm: decode(name, &n)?,
+        logits: decode(name, &l)?,
+    }))
 }
 
 impl Baseline {

@@ -93,27 +93,38 @@ pub fn shapes_of_model(model: &ModelSpec, seq: usize) -> Vec<Shape> {
         Norm::RmsNorm => ProbeOp::RmsNorm,
     };
     let mut out = Vec::new();
-    let (dim, hidden, act, nrm) = match model {
-        ModelSpec::ResidualMlp(m) => (m.dim, m.hidden, m.activation, m.norm),
-        ModelSpec::Decoder(m) => (m.dim, m.hidden, m.activation, m.norm),
-    };
+    let (dim, hidden, act, nrm) = (
+        model.dim(),
+        model.hidden(),
+        model.activation(),
+        model.norm(),
+    );
     out.push(s(norm(nrm), dim, 0, 1));
     out.push(s(ProbeOp::Linear, dim, hidden, 1));
     out.push(s(ProbeOp::Linear, hidden, dim, 1));
     if act == Activation::GeluErf {
         out.push(s(ProbeOp::Gelu, hidden, 0, 1));
     }
-    if let ModelSpec::Decoder(m) = model {
+    if let (Some(form), Some((heads, kv_heads)), Some(hd)) =
+        (model.attention(), model.heads(), model.head_dim())
+    {
         out.push(s(ProbeOp::Linear, dim, dim, 1));
-        match m.attention {
+        if kv_heads != heads {
+            out.push(s(ProbeOp::Linear, dim, kv_heads * hd, 1));
+        }
+        if let ModelSpec::Gpt2(_) = model {
+            out.push(s(ProbeOp::Linear, dim, 3 * dim, 1));
+        }
+        match form {
             AttentionForm::Manual => {
                 out.push(s(ProbeOp::Softmax, seq, 0, 1));
-                out.push(s(ProbeOp::Attention, m.head_dim(), seq, m.heads));
+                out.push(s(ProbeOp::Attention, hd, seq, heads));
             }
-            AttentionForm::Fused => {
-                out.push(s(ProbeOp::FusedAttention, m.head_dim(), seq, m.heads))
-            }
+            AttentionForm::Fused => out.push(s(ProbeOp::FusedAttention, hd, seq, heads)),
         }
+    }
+    if let Some(vocab) = model.vocab() {
+        out.push(s(ProbeOp::Linear, dim, vocab, 1));
     }
     out
 }

@@ -479,6 +479,15 @@ fn summary(report: &ScenarioReport) {
                 )),
                 p.growth.exponent.map_or("–".into(), |e| format!("{e:.2}"))
             );
+            if let Some(h) = &p.head {
+                println!(
+                    "          head: final norm max {} · logits max {} · log-softmax max {} · top-1 agreement {:.1}%",
+                    Metric::MaxAbs.format(&h.final_norm),
+                    Metric::MaxAbs.format(&h.logits),
+                    sig3(h.max_log_softmax),
+                    100.0 * h.top1_agreement
+                );
+            }
             if let Some(d) = v.ops.as_ref().and_then(|o| o.first_divergence.as_ref()) {
                 println!("          first divergent op: {d}");
             }

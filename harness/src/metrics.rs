@@ -64,6 +64,92 @@ pub struct DriftProfile {
     /// Mean |a − b| per layer at the last observed row alone (for a decoder:
     /// the last decoded position); `None` with a single observed row.
     pub last_row_mean_abs: Option<Vec<f64>>,
+    /// A language model's head: the final norm and the logits; `None` for a
+    /// model without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head: Option<HeadDrift>,
+}
+
+/// The drift of a language model's outputs: what an LLM user sees.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HeadDrift {
+    /// After the final norm, over every observed element.
+    pub final_norm: LayerDrift,
+    /// The logits, over every observed element.
+    pub logits: LayerDrift,
+    /// Max |Δ log-softmax| over the vocabulary and the observed rows (NaN
+    /// if either side has a non-finite logit).
+    pub max_log_softmax: f64,
+    /// Share of observed rows whose argmax token agrees (0..=1; a row with a
+    /// non-finite logit never agrees).
+    pub top1_agreement: f64,
+}
+
+impl HeadDrift {
+    /// Compares two heads' rows (`vocab` wide logits).
+    ///
+    /// ```
+    /// use layerdrift::metrics::HeadDrift;
+    /// use layerdrift_backends::{DType, HeadCheckpoints};
+    /// let a = HeadCheckpoints { vocab: 3, final_norm: vec![1.0], logits: vec![0.0, 2.0, 1.0] };
+    /// let b = HeadCheckpoints { vocab: 3, final_norm: vec![1.0], logits: vec![0.0, 1.0, 2.0] };
+    /// let d = HeadDrift::compare(&a, &b, DType::F32);
+    /// assert_eq!(d.top1_agreement, 0.0);
+    /// assert_eq!(d.logits.max_abs, 1.0);
+    /// ```
+    pub fn compare(
+        a: &layerdrift_backends::HeadCheckpoints,
+        b: &layerdrift_backends::HeadCheckpoints,
+        dtype: DType,
+    ) -> HeadDrift {
+        let v = a.vocab.max(1);
+        let rows = a.logits.len() / v;
+        let mut max_ls = 0.0f64;
+        let mut agree = 0usize;
+        for r in 0..rows {
+            let (x, y) = (&a.logits[r * v..(r + 1) * v], &b.logits[r * v..(r + 1) * v]);
+            let finite = x.iter().chain(y).all(|z| z.is_finite());
+            if !finite {
+                max_ls = f64::NAN;
+                continue;
+            }
+            let (lx, ly) = (log_softmax(x), log_softmax(y));
+            for (p, q) in lx.iter().zip(&ly) {
+                max_ls = max_ls.max((p - q).abs());
+            }
+            if argmax(x) == argmax(y) {
+                agree += 1;
+            }
+        }
+        HeadDrift {
+            final_norm: layer_drift(&a.final_norm, &b.final_norm, dtype),
+            logits: layer_drift(&a.logits, &b.logits, dtype),
+            max_log_softmax: max_ls,
+            top1_agreement: if rows == 0 {
+                1.0
+            } else {
+                agree as f64 / rows as f64
+            },
+        }
+    }
+}
+
+/// `log_softmax` in f64 (max-subtracted).
+fn log_softmax(x: &[f64]) -> Vec<f64> {
+    let m = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let lse = m + x.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+    x.iter().map(|v| v - lse).collect()
+}
+
+/// Index of the largest value (the first on ties).
+fn argmax(x: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, v) in x.iter().enumerate() {
+        if *v > x[best] {
+            best = i;
+        }
+    }
+    best
 }
 
 impl DriftProfile {
@@ -91,6 +177,18 @@ impl DriftProfile {
                 .iter()
                 .all(|l| Some(l.len()) == c.rows.checked_mul(c.dim))
         };
+        let head_shape = |c: &Checkpoints| {
+            c.head
+                .as_ref()
+                .map(|h| (h.vocab, h.logits.len(), h.final_norm.len()))
+        };
+        if head_shape(a) != head_shape(b) {
+            return Err(format!(
+                "checkpoints of different heads: {:?} vs {:?} (vocab, logits, final-norm values)",
+                head_shape(a),
+                head_shape(b)
+            ));
+        }
         if shape(a) != shape(b) || !consistent(a) || !consistent(b) {
             return Err(format!(
                 "checkpoints of different shapes: {} rows × {} wide × {} layers vs {} × {} × {}",
@@ -134,11 +232,16 @@ impl DriftProfile {
                 .collect()
         });
         let growth = growth(&layers.iter().map(|l| l.mean_abs).collect::<Vec<_>>());
+        let head = match (&a.head, &b.head) {
+            (Some(x), Some(y)) => Some(HeadDrift::compare(x, y, dtype)),
+            _ => None,
+        };
         Ok(DriftProfile {
             layers,
             growth,
             first_divergence,
             last_row_mean_abs,
+            head,
         })
     }
 

@@ -75,6 +75,7 @@ impl OpProfile {
     ///         OpCheckpoint { layer: 0, op: "norm1", rows: vec![vec![1.0]] },
     ///         OpCheckpoint { layer: 0, op: "linear1", rows: vec![vec![x]] },
     ///     ],
+    ///     head: None,
     /// };
     /// let p = OpProfile::compare(&ck(2.0), &ck(2.5), DType::F32).unwrap();
     /// assert!(p.ops[0].drift.bitwise());
@@ -354,6 +355,7 @@ mod tests {
             rows: 1,
             layers,
             ops: Vec::new(),
+            head: None,
         }
     }
 

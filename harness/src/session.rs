@@ -13,8 +13,8 @@ use std::path::Path;
 
 use layerdrift_backends::weights::read_safetensors;
 use layerdrift_backends::{
-    Backend, BackendError, BackendId, BackendInfo, Checkpoints, Diagnose, HostTensor, ModelSpec,
-    RunRequest, Weights, generate_input,
+    Backend, BackendError, BackendId, BackendInfo, Checkpoints, Diagnose, HostTensor, RunRequest,
+    Weights, generate_input,
 };
 
 use crate::baseline::{self, Baseline, Entry, VariantKey};
@@ -160,6 +160,11 @@ impl Session {
                 match &s.weights {
                     WeightSource::Init { seed, std } => Ok(Weights::init(model, *seed, *std)),
                     WeightSource::File(f) => Weights::load(model, f).map_err(|e| e.to_string()),
+                    WeightSource::Checkpoint { dir, layers } => {
+                        layerdrift_backends::hf::load(dir, Some(*layers))
+                            .map(|c| c.weights)
+                            .map_err(|e| e.to_string())
+                    }
                 }
                 .map(Arc::new)
             })
@@ -216,8 +221,35 @@ impl Session {
                     .remove(tensor)
                     .map(Arc::new)
                     .ok_or_else(|| format!("{}: no tensor `{tensor}`", path.display())),
+                // A language model's input: its embeddings of the token ids,
+                // looked up on the host (exact), so every backend starts
+                // from the same bits.
+                InputSource::Tokens(_) | InputSource::TokenFile(_) => {
+                    let tokens = Session::tokens(s, v)?;
+                    let weights = self.weights(s, v)?;
+                    var.model.embed(&weights, &tokens).map(Arc::new)
+                }
             })
             .clone()
+    }
+
+    /// Variant `v`'s token ids (a language model's input).
+    pub fn tokens(s: &Scenario, v: usize) -> Result<layerdrift_backends::Tokens, String> {
+        let var = &s.variants[v];
+        let vocab = var
+            .model
+            .vocab()
+            .ok_or_else(|| format!("a {} model reads no token ids", var.model.kind()))?;
+        match &s.input {
+            InputSource::Tokens(seed) => Ok(layerdrift_backends::Tokens::random(
+                var.batch, var.seq, vocab, *seed,
+            )),
+            InputSource::TokenFile(path) => crate::scenario::read_token_file(path, vocab),
+            InputSource::Seed(_) | InputSource::File { .. } => Err(format!(
+                "a {} model reads token ids: give `input: {{ tokens: … }}`",
+                var.model.kind()
+            )),
+        }
     }
 
     /// `(library version, probe hash)` of backend `id` on this machine
@@ -377,7 +409,7 @@ impl Session {
     ) -> Result<Arc<Run>, RunError> {
         // The oracle computes a row-independent model's observed rows alone,
         // whatever the strategy: one run serves every strategy.
-        let row_independent = !matches!(s.variants[v].model, ModelSpec::Decoder(_));
+        let row_independent = s.variants[v].model.rows_independent();
         let computed = if backend.is_oracle() && row_independent {
             "observed rows"
         } else {

@@ -34,6 +34,27 @@ pub fn table(o: &Outcome, metric: Metric) -> String {
         }
         s.push('\n');
     }
+    // A language model's head: the final norm and the logits.
+    type Pick = fn(&crate::metrics::HeadDrift) -> &crate::metrics::LayerDrift;
+    let rows: [(&str, Pick); 2] = [("norm", |h| &h.final_norm), ("logits", |h| &h.logits)];
+    for (label, pick) in rows {
+        if cols
+            .iter()
+            .all(|v| v.profile.as_ref().is_some_and(|p| p.head.is_some()))
+        {
+            let _ = write!(s, "  {label:>5}");
+            for v in &cols {
+                let h = v
+                    .profile
+                    .as_ref()
+                    .and_then(|p| p.head.as_ref())
+                    .expect("checked");
+                let cell = metric.format(pick(h));
+                let _ = write!(s, "  {cell:>width$}");
+            }
+            s.push('\n');
+        }
+    }
     s
 }
 
@@ -46,6 +67,7 @@ pub fn table(o: &Outcome, metric: Metric) -> String {
 /// let ck = |x: f64| Checkpoints {
 ///     dim: 1, rows: 1, layers: vec![vec![x]],
 ///     ops: vec![OpCheckpoint { layer: 0, op: "linear1", rows: vec![vec![x]] }],
+///     head: None,
 /// };
 /// let p = OpProfile::compare(&ck(1.0), &ck(1.5), DType::F32).unwrap();
 /// assert_eq!(layerdrift::table::op_line(&p, 1, &|_| true), "linear1 5.00e-1");

@@ -43,17 +43,11 @@ pub const MAX_OBSERVED_ROWS: usize = 65_536;
 
 /// Parameters of `model`, as f64 (never overflows).
 fn parameters(model: &ModelSpec) -> f64 {
-    let f = |x: usize| x as f64;
-    match model {
-        ModelSpec::ResidualMlp(m) => {
-            let (d, h) = (f(m.dim), f(m.hidden));
-            f(m.layers) * (2.0 * d * h + h + d + 4.0 * d)
-        }
-        ModelSpec::Decoder(m) => {
-            let (d, h) = (f(m.dim), f(m.hidden));
-            f(m.layers) * (4.0 * (d * d + d) + 2.0 * d * h + h + d + 4.0 * d)
-        }
-    }
+    model
+        .parameters()
+        .iter()
+        .map(|p| p.shape.iter().map(|&d| d as f64).product::<f64>())
+        .sum()
 }
 
 /// The estimated peak bytes of one run of `model` (see the module docs).
@@ -82,10 +76,12 @@ pub fn estimate_bytes(
     let f = |x: usize| x as f64;
     let size = f(dtype.size());
     let (dim, layers) = (f(model.dim()), f(model.layers()));
-    let (hidden, heads) = match model {
-        ModelSpec::ResidualMlp(m) => (f(m.hidden), 0.0),
-        ModelSpec::Decoder(m) => (f(m.hidden), f(m.heads)),
-    };
+    let hidden = f(model.hidden());
+    let heads = model.heads().map_or(0.0, |(h, _)| f(h));
+    // A language model's logits: every position of a pass, `vocab` wide.
+    let logits = model
+        .vocab()
+        .map_or(0.0, |v| f(batch) * f(seq) * f(v) * size * 2.0);
     let p = parameters(model);
     let tokens = f(batch) * f(seq);
     let weights = p * 4.0 + p / layers.max(1.0) * (8.0 + size);
@@ -114,7 +110,7 @@ pub fn estimate_bytes(
         ),
     };
     let ckpts = f(observed) * dim * layers * 8.0 * (f(strategies) + 1.0);
-    weights + input + acts + kv + scores + ckpts
+    weights + input + acts + kv + scores + ckpts + logits
 }
 
 /// `1.23 GB`.

@@ -10,6 +10,7 @@ use layerdrift_backends::{DType, Execution, Row, Weights};
 
 use super::budget::{MAX_VARIANTS, estimate_bytes, human};
 use super::fields::tile_path;
+use super::kind::GridKind;
 use super::observe;
 use super::raw::FIXED_SHAPE_TILE;
 use super::validate::{Fields, Validator};
@@ -19,42 +20,45 @@ use super::{InputSource, Scenario, Strategy, WeightSource};
 pub(super) fn derived(v: &mut Validator<'_>, mut f: Fields, memory_limit: u64) -> Option<Scenario> {
     let g = &mut f.grid;
     // Model shape.
-    if f.hidden_default {
-        g.hidden = if g.decoder {
-            match g.dim.checked_mul(4) {
+    let m = &mut g.m;
+    if m.hidden.is_none() {
+        m.hidden = Some(if m.kind.has_attention() {
+            match m.dim.checked_mul(4) {
                 Some(h) => h,
                 None => {
                     v.err(
                         "model.dim",
                         format!(
                             "{} is too large (its default hidden width 4 × dim overflows)",
-                            g.dim
+                            m.dim
                         ),
                     );
                     return None;
                 }
             }
         } else {
-            g.dim
-        };
+            m.dim
+        });
     }
-    if g.decoder {
-        if !g.dim.is_multiple_of(g.heads) {
+    if m.kind.has_attention() && !matches!(m.kind, GridKind::Checkpoint { .. }) {
+        if !m.dim.is_multiple_of(m.heads) {
             v.err(
                 "model.heads",
                 format!(
                     "{} heads do not divide dim {}; pick a divisor of {}",
-                    g.heads, g.dim, g.dim
+                    m.heads, m.dim, m.dim
                 ),
             );
-        } else if g.ropes.contains(&true) && (g.dim / g.heads) % 2 == 1 {
+        } else if (m.ropes.contains(&true) || matches!(m.kind, GridKind::Llama { .. }))
+            && (m.dim / m.heads) % 2 == 1
+        {
             v.err(
-                "model.rope",
+                "model.heads",
                 format!(
                     "rotary embeddings need an even head dim; dim {} / heads {} = {} is odd",
-                    g.dim,
-                    g.heads,
-                    g.dim / g.heads
+                    m.dim,
+                    m.heads,
+                    m.dim / m.heads
                 ),
             );
         }
@@ -62,11 +66,11 @@ pub(super) fn derived(v: &mut Validator<'_>, mut f: Fields, memory_limit: u64) -
 
     // Strategies against the model: the backends' own rule.
     let probe = g.model(
-        g.activations[0],
-        g.norms[0],
-        g.residuals[0],
+        g.m.activations[0],
+        g.m.norms[0],
+        g.m.residuals[0],
         false,
-        g.attentions[0],
+        g.m.attentions[0],
     );
     for (i, s) in f.strategies.iter().enumerate() {
         if let Err(why) = s.schedule(0).fits(&probe) {
@@ -87,11 +91,11 @@ pub(super) fn derived(v: &mut Validator<'_>, mut f: Fields, memory_limit: u64) -
                         all.keys().cloned().collect::<Vec<_>>().join(", ")
                     ),
                 ),
-                Some(t) if t.shape.len() != 3 || t.shape[2] != g.dim || t.shape[0] == 0 || t.shape[1] == 0 => v.err(
+                Some(t) if t.shape.len() != 3 || t.shape[2] != g.m.dim || t.shape[0] == 0 || t.shape[1] == 0 => v.err(
                     "input.file",
                     format!(
                         "`{tensor}` has shape {:?}; an input must be [batch ≥ 1, seq ≥ 1, dim = {}]",
-                        t.shape, g.dim
+                        t.shape, g.m.dim
                     ),
                 ),
                 Some(t) => {

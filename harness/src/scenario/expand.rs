@@ -3,28 +3,17 @@
 
 use std::collections::HashMap;
 
-use layerdrift_backends::{
-    Activation, AttentionForm, DType, DecoderSpec, Execution, ModelSpec, Norm, ResidualMlpSpec, Row,
-};
+use layerdrift_backends::{Activation, AttentionForm, DType, Execution, ModelSpec, Norm, Row};
 
 use super::Variant;
+use super::kind::ModelFields;
 
 /// Every axis, validated, and the model fields they vary.
 #[derive(Clone, Debug)]
 pub(super) struct Grid {
-    pub(super) decoder: bool,
-    pub(super) layers: usize,
-    pub(super) dim: usize,
-    pub(super) hidden: usize,
-    pub(super) heads: usize,
-    pub(super) eps: f64,
-    pub(super) rope_theta: f64,
+    /// The model section: its kind, its fields and its axes.
+    pub(super) m: ModelFields,
     pub(super) dtypes: Vec<DType>,
-    pub(super) activations: Vec<Activation>,
-    pub(super) norms: Vec<Norm>,
-    pub(super) residuals: Vec<bool>,
-    pub(super) ropes: Vec<bool>,
-    pub(super) attentions: Vec<AttentionForm>,
     pub(super) batches: Vec<usize>,
     pub(super) seqs: Vec<usize>,
     /// The executions (`execution:`).
@@ -48,11 +37,11 @@ impl Grid {
     pub(super) fn count(&self) -> usize {
         [
             self.dtypes.len(),
-            self.activations.len(),
-            self.norms.len(),
-            self.residuals.len(),
-            self.ropes.len(),
-            self.attentions.len(),
+            self.m.activations.len(),
+            self.m.norms.len(),
+            self.m.residuals.len(),
+            self.m.ropes.len(),
+            self.m.attentions.len(),
             self.batches.len(),
             self.seqs.len(),
             self.executions.len(),
@@ -70,39 +59,17 @@ impl Grid {
         rope: bool,
         attention: AttentionForm,
     ) -> ModelSpec {
-        if self.decoder {
-            ModelSpec::Decoder(DecoderSpec {
-                layers: self.layers,
-                dim: self.dim,
-                heads: self.heads,
-                hidden: self.hidden,
-                activation,
-                norm,
-                eps: self.eps,
-                rope_theta: rope.then_some(self.rope_theta),
-                attention,
-            })
-        } else {
-            ModelSpec::ResidualMlp(ResidualMlpSpec {
-                layers: self.layers,
-                dim: self.dim,
-                hidden: self.hidden,
-                activation,
-                norm,
-                eps: self.eps,
-                residual,
-            })
-        }
+        self.m.model(activation, norm, residual, rope, attention)
     }
 
     /// Every distinct model of the grid (the axes the model depends on).
     pub(super) fn models(&self) -> Vec<ModelSpec> {
         let mut out = Vec::new();
-        for &a in &self.activations {
-            for &n in &self.norms {
-                for &r in &self.residuals {
-                    for &p in &self.ropes {
-                        for &t in &self.attentions {
+        for &a in &self.m.activations {
+            for &n in &self.m.norms {
+                for &r in &self.m.residuals {
+                    for &p in &self.m.ropes {
+                        for &t in &self.m.attentions {
                             out.push(self.model(a, n, r, p, t));
                         }
                     }
@@ -117,11 +84,11 @@ impl Grid {
         let multi = |n: usize| n > 1;
         let mut out = Vec::with_capacity(self.count());
         for &dtype in &self.dtypes {
-            for &act in &self.activations {
-                for &norm in &self.norms {
-                    for &residual in &self.residuals {
-                        for &rope in &self.ropes {
-                            for &att in &self.attentions {
+            for &act in &self.m.activations {
+                for &norm in &self.m.norms {
+                    for &residual in &self.m.residuals {
+                        for &rope in &self.m.ropes {
+                            for &att in &self.m.attentions {
                                 for &batch in &self.batches {
                                     for &seq in &self.seqs {
                                         for &execution in &self.executions {
@@ -134,19 +101,19 @@ impl Grid {
                                             ax("dtype", self.dtypes.len(), dtype.to_string());
                                             ax(
                                                 "activation",
-                                                self.activations.len(),
+                                                self.m.activations.len(),
                                                 act.name().into(),
                                             );
-                                            ax("norm", self.norms.len(), norm.name().into());
+                                            ax("norm", self.m.norms.len(), norm.name().into());
                                             ax(
                                                 "residual",
-                                                self.residuals.len(),
+                                                self.m.residuals.len(),
                                                 residual.to_string(),
                                             );
-                                            ax("rope", self.ropes.len(), rope.to_string());
+                                            ax("rope", self.m.ropes.len(), rope.to_string());
                                             ax(
                                                 "attention",
-                                                self.attentions.len(),
+                                                self.m.attentions.len(),
                                                 att.name().into(),
                                             );
                                             ax("batch", self.batches.len(), batch.to_string());

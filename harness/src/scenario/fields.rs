@@ -1,16 +1,14 @@
 //! Phase one of validation: each field of a scenario on its own.
 
-use layerdrift_backends::{
-    Activation, AttentionForm, BackendId, DType, DeviceKind, Execution, Norm,
-};
+use layerdrift_backends::{BackendId, DType, DeviceKind, Execution, Tokens};
 
 use super::error::hint;
 use super::expand::Grid;
+use super::kind::GridKind;
 use super::raw::{
-    Axis, FIXED_SHAPE_TILE, RawAttention, RawExecution, RawKind, RawObserve, RawScenario,
-    RawStrategy, STRATEGIES,
+    FIXED_SHAPE_TILE, RawExecution, RawObserve, RawScenario, RawStrategy, STRATEGIES,
 };
-use super::validate::{Fields, Validator, act_of, att_of, dtype_of, norm_of};
+use super::validate::{Fields, Validator, dtype_of};
 use super::{InputSource, Strategy, StrategyKind, WeightSource};
 
 /// Most intra-op threads a scenario may pin.
@@ -29,75 +27,8 @@ pub(super) fn fields(
         .unwrap_or_else(|| "scenario".into());
 
     // Model.
-    let m = raw.model;
-    let decoder = m.kind == RawKind::Decoder;
-    v.positive("model.layers", m.layers);
-    v.positive("model.dim", m.dim);
-    if let Some(h) = m.hidden {
-        v.positive("model.hidden", h);
-    }
-    v.finite_positive("model.eps", m.eps);
-    v.finite_positive("model.rope_theta", m.rope_theta);
-    if decoder {
-        match m.heads {
-            None => v.err("model.kind", "a decoder needs `heads:` (a divisor of dim)"),
-            Some(h) => v.positive("model.heads", h),
-        }
-        if m.residual.is_some() {
-            v.err(
-                "model.residual",
-                "a decoder's blocks are always residual; remove `residual:`",
-            );
-        }
-    } else {
-        for (key, set) in [
-            ("heads", m.heads.is_some()),
-            ("rope", m.rope.is_some()),
-            ("attention", m.attention.is_some()),
-        ] {
-            if set {
-                v.err(
-                    &format!("model.{key}"),
-                    "only a `decoder` has this; remove it or set `kind: decoder`",
-                );
-            }
-        }
-    }
-    let activations: Vec<Activation> = v
-        .axis("model.activation", m.activation)
-        .into_iter()
-        .map(act_of)
-        .collect();
-    let norms: Vec<Norm> = v
-        .axis("model.norm", m.norm)
-        .into_iter()
-        .map(norm_of)
-        .collect();
-    let residuals = v.axis("model.residual", m.residual.unwrap_or(Axis(vec![true])));
-    let ropes = v.axis("model.rope", m.rope.unwrap_or(Axis(vec![false])));
-    let attentions: Vec<AttentionForm> = v
-        .axis(
-            "model.attention",
-            m.attention.unwrap_or(Axis(vec![RawAttention::Manual])),
-        )
-        .into_iter()
-        .map(att_of)
-        .collect();
-    for (path, names) in [
-        (
-            "model.activation",
-            activations.iter().map(|a| a.name()).collect::<Vec<_>>(),
-        ),
-        ("model.norm", norms.iter().map(|n| n.name()).collect()),
-        (
-            "model.attention",
-            attentions.iter().map(|a| a.name()).collect(),
-        ),
-    ] {
-        v.unique(path, &names);
-    }
-    v.unique("model.residual", &residuals);
-    v.unique("model.rope", &ropes);
+    let model = super::kind::model_fields(v, raw.model);
+    let decoder = model.kind.has_attention();
     let dtypes: Vec<DType> = v
         .axis("dtype", raw.dtype)
         .into_iter()
@@ -134,26 +65,105 @@ pub(super) fn fields(
 
     // Input.
     let inp = raw.input;
-    let (batch_given, seq_given) = (inp.batch.is_some(), inp.seq.is_some());
-    let batches = v.positive_axis("input.batch", inp.batch);
-    let seqs = v.positive_axis("input.seq", inp.seq);
-    let input = match (&inp.file, &inp.tensor) {
-        (Some(f), t) => InputSource::File {
-            path: v.relative(f),
-            tensor: t.clone().unwrap_or_else(|| "input".into()),
-        },
+    let vocab = model.kind.vocab();
+    let (mut batch_given, mut seq_given) = (inp.batch.is_some(), inp.seq.is_some());
+    let (batches, seqs, input) = match (inp.tokens, vocab) {
+        (Some(_), None) => {
+            v.err(
+                "input.tokens",
+                "token ids feed a language model (`kind: llama`, `gpt2` or a `checkpoint:`); this model reads hidden states — use `batch`, `seq` and `seed`",
+            );
+            (vec![1], vec![1], InputSource::Seed(0))
+        }
         (None, Some(_)) => {
             v.err(
-                "input.tensor",
-                "`tensor:` names a tensor in `file:`; add `file:` or remove it",
+                "input",
+                "a language model reads token ids: write `input: { tokens: { seed: 0, batch: 2, seq: 32 } }` or `tokens: { file: ids.json }`",
             );
-            InputSource::Seed(inp.seed)
+            (vec![1], vec![1], InputSource::Seed(0))
         }
-        (None, None) => InputSource::Seed(inp.seed),
+        (Some(t), Some(vocab)) => {
+            for (key, set) in [
+                ("batch", inp.batch.is_some()),
+                ("seq", inp.seq.is_some()),
+                ("file", inp.file.is_some()),
+                ("tensor", inp.tensor.is_some()),
+            ] {
+                if set {
+                    v.err(
+                        &format!("input.{key}"),
+                        "with `tokens:`, give `batch` and `seq` inside it (`tokens: { batch: 2, seq: 32 }`); remove this",
+                    );
+                }
+            }
+            match t.file {
+                Some(f) => {
+                    if t.batch.is_some() || t.seq.is_some() {
+                        v.err(
+                            "input.tokens.file",
+                            "a token file sets batch and seq; remove `batch`/`seq`",
+                        );
+                    }
+                    let path = v.relative(&f);
+                    match read_token_file(&path, vocab) {
+                        Ok(t) => {
+                            batch_given = true;
+                            seq_given = true;
+                            (vec![t.batch], vec![t.seq], InputSource::TokenFile(path))
+                        }
+                        Err(e) => {
+                            v.err("input.tokens.file", e);
+                            (vec![1], vec![1], InputSource::TokenFile(path))
+                        }
+                    }
+                }
+                None => (
+                    v.positive_axis("input.tokens.batch", t.batch),
+                    v.positive_axis("input.tokens.seq", t.seq),
+                    InputSource::Tokens(t.seed),
+                ),
+            }
+        }
+        (None, None) => {
+            let batches = v.positive_axis("input.batch", inp.batch);
+            let seqs = v.positive_axis("input.seq", inp.seq);
+            let input = match (&inp.file, &inp.tensor) {
+                (Some(f), t) => InputSource::File {
+                    path: v.relative(f),
+                    tensor: t.clone().unwrap_or_else(|| "input".into()),
+                },
+                (None, Some(_)) => {
+                    v.err(
+                        "input.tensor",
+                        "`tensor:` names a tensor in `file:`; add `file:` or remove it",
+                    );
+                    InputSource::Seed(inp.seed)
+                }
+                (None, None) => InputSource::Seed(inp.seed),
+            };
+            (batches, seqs, input)
+        }
     };
 
     // Weights.
     let weights = match (raw.weights.init, raw.weights.file) {
+        (init, file) if matches!(model.kind, GridKind::Checkpoint { .. }) => {
+            for (key, set) in [("init", init.is_some()), ("file", file.is_some())] {
+                if set {
+                    v.err(
+                        &format!("weights.{key}"),
+                        "the checkpoint folder holds the weights; remove `weights:`",
+                    );
+                }
+            }
+            match &model.kind {
+                GridKind::Checkpoint { dir, model } => WeightSource::Checkpoint {
+                    dir: dir.clone(),
+                    layers: model.layers(),
+                },
+                _ => WeightSource::Init { seed: 0, std: 0.2 },
+            }
+        }
         (Some(_), Some(_)) => {
             v.err("weights.file", "give either `init:` or `file:`, not both");
             WeightSource::Init { seed: 0, std: 0.2 }
@@ -309,24 +319,12 @@ pub(super) fn fields(
         name,
         description: raw.description.unwrap_or_default(),
         grid: Grid {
-            decoder,
-            layers: m.layers,
-            dim: m.dim,
-            hidden: m.hidden.unwrap_or(0),
-            heads: m.heads.unwrap_or(1),
-            eps: m.eps,
-            rope_theta: m.rope_theta,
+            m: model,
             dtypes,
-            activations,
-            norms,
-            residuals,
-            ropes,
-            attentions,
             batches,
             seqs,
             executions,
         },
-        hidden_default: m.hidden.is_none(),
         input,
         batch_given,
         seq_given,
@@ -353,4 +351,45 @@ pub(super) fn tile_path(v: &Validator<'_>, i: usize) -> String {
     .into_iter()
     .find(|p| v.index.has(p))
     .unwrap_or_else(|| "execution".into())
+}
+
+/// Reads a token file: a JSON list of equally long lists of ids below
+/// `vocab` (`[[1, 2, 3], [4, 5, 6]]`).
+pub fn read_token_file(path: &std::path::Path, vocab: usize) -> Result<Tokens, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let rows: Vec<Vec<u64>> = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{}: not a JSON list of token-id lists ({e}); write e.g. [[1, 2, 3], [4, 5, 6]]",
+            path.display()
+        )
+    })?;
+    let seq = rows.first().map_or(0, Vec::len);
+    if rows.is_empty() || seq == 0 {
+        return Err(format!("{}: no token ids", path.display()));
+    }
+    let mut ids = Vec::with_capacity(rows.len() * seq);
+    for (b, r) in rows.iter().enumerate() {
+        if r.len() != seq {
+            return Err(format!(
+                "{}: sequence {b} has {} ids, sequence 0 has {seq}: every sequence must have the same length",
+                path.display(),
+                r.len()
+            ));
+        }
+        for (p, &id) in r.iter().enumerate() {
+            if id >= vocab as u64 {
+                return Err(format!(
+                    "{}: token id {id} (sequence {b}, position {p}) is not below the vocabulary size {vocab}",
+                    path.display()
+                ));
+            }
+            ids.push(id as u32);
+        }
+    }
+    Ok(Tokens {
+        batch: rows.len(),
+        seq,
+        ids,
+    })
 }

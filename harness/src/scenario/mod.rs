@@ -24,6 +24,7 @@ mod expand;
 mod fields;
 #[cfg(test)]
 mod fuzz;
+mod kind;
 mod observe;
 mod raw;
 pub mod syntax;
@@ -38,6 +39,7 @@ use crate::bounds::Bounds;
 
 pub use budget::{MAX_OBSERVED_ROWS, MAX_VARIANTS, estimate_bytes};
 pub use error::{Pos, ScenarioError, ScenarioErrors};
+pub use fields::read_token_file;
 pub use raw::{Axis, EXECUTIONS, FIXED_SHAPE_TILE, STRATEGIES};
 
 /// One strategy: how the observed rows are computed.
@@ -169,6 +171,14 @@ pub enum WeightSource {
     },
     /// A safetensors file (absolute path).
     File(PathBuf),
+    /// A Hugging Face checkpoint folder (absolute path), its first `layers`
+    /// blocks.
+    Checkpoint {
+        /// The folder.
+        dir: PathBuf,
+        /// Blocks to load.
+        layers: usize,
+    },
 }
 
 /// Where the input comes from.
@@ -183,6 +193,10 @@ pub enum InputSource {
         /// Tensor name.
         tensor: String,
     },
+    /// Token ids drawn below the vocabulary from a seed.
+    Tokens(u64),
+    /// Token ids from a JSON file (absolute path).
+    TokenFile(PathBuf),
 }
 
 /// A validated scenario.
@@ -279,14 +293,13 @@ impl Diagnosis {
             }
         }
         if self.local
-            && let Some(v) = variants
-                .iter()
-                .find(|v| matches!(v.model, ModelSpec::Decoder(_)))
+            && let Some(v) = variants.iter().find(|v| !v.model.rows_independent())
         {
             out.push((
                 "diagnose.local".to_string(),
                 format!(
-                    "teacher forcing has no meaning for a decoder (variant {}): a row's layer input includes every earlier position's, and only the observed rows ever leave a backend; use `local` on a residual_mlp, and `ops` to find a decoder's first divergent op",
+                    "teacher forcing has no meaning for a {} (variant {}): a row's layer input includes every earlier position's, and only the observed rows ever leave a backend; use `local` on a residual_mlp, and `ops` to find an attention model's first divergent op",
+                    v.model.kind(),
                     v.label
                 ),
             ));
@@ -301,12 +314,11 @@ impl Scenario {
         self.strategies.iter().find(|s| s.name == name)
     }
 
-    /// Whether any variant is a decoder (whose oracle computes each strategy
-    /// for real; a residual MLP's oracle computes the observed rows alone).
+    /// Whether any variant's rows depend on each other (attention: its
+    /// oracle computes each strategy for real; a residual MLP's oracle
+    /// computes the observed rows alone).
     pub fn is_decoder(&self) -> bool {
-        self.variants
-            .iter()
-            .any(|v| matches!(v.model, ModelSpec::Decoder(_)))
+        self.variants.iter().any(|v| !v.model.rows_independent())
     }
 
     /// Loads and validates a scenario file. `known` are the backends this

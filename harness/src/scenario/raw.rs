@@ -66,6 +66,8 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Axis<T> {
 pub(super) enum RawKind {
     ResidualMlp,
     Decoder,
+    Llama,
+    Gpt2,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
@@ -74,6 +76,7 @@ pub(super) enum RawActivation {
     Gelu,
     GeluTanh,
     Silu,
+    GeluNew,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
@@ -181,39 +184,28 @@ pub(super) fn execution_default() -> Axis<RawExecution> {
     Axis::one(RawExecution::Standard)
 }
 
-pub(super) fn default_eps() -> f64 {
-    1e-5
-}
-pub(super) fn default_theta() -> f64 {
-    10_000.0
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawModel {
-    pub(super) kind: RawKind,
-    pub(super) layers: usize,
-    pub(super) dim: usize,
+    pub(super) kind: Option<RawKind>,
+    /// A Hugging Face checkpoint folder: its `config.json` sets the model.
+    pub(super) checkpoint: Option<PathBuf>,
+    pub(super) layers: Option<usize>,
+    pub(super) dim: Option<usize>,
     pub(super) hidden: Option<usize>,
     pub(super) heads: Option<usize>,
-    #[serde(default = "act_default")]
-    pub(super) activation: Axis<RawActivation>,
-    #[serde(default = "norm_default")]
-    pub(super) norm: Axis<RawNorm>,
-    #[serde(default = "default_eps")]
-    pub(super) eps: f64,
+    pub(super) activation: Option<Axis<RawActivation>>,
+    pub(super) norm: Option<Axis<RawNorm>>,
+    pub(super) eps: Option<f64>,
     pub(super) residual: Option<Axis<bool>>,
     pub(super) rope: Option<Axis<bool>>,
-    #[serde(default = "default_theta")]
-    pub(super) rope_theta: f64,
+    pub(super) rope_theta: Option<f64>,
     pub(super) attention: Option<Axis<RawAttention>>,
-}
-
-pub(super) fn act_default() -> Axis<RawActivation> {
-    Axis::one(RawActivation::Gelu)
-}
-pub(super) fn norm_default() -> Axis<RawNorm> {
-    Axis::one(RawNorm::LayerNorm)
+    pub(super) kv_heads: Option<usize>,
+    pub(super) vocab: Option<usize>,
+    pub(super) tie_embeddings: Option<bool>,
+    pub(super) attention_bias: Option<bool>,
+    pub(super) positions: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -244,6 +236,20 @@ pub(super) struct RawInput {
     pub(super) seed: u64,
     pub(super) file: Option<PathBuf>,
     pub(super) tensor: Option<String>,
+    /// Token ids for a language model.
+    pub(super) tokens: Option<RawTokens>,
+}
+
+/// `tokens: { seed, batch, seq }` (random ids below the vocabulary) or
+/// `tokens: { file: ids.json }` (a JSON list of equally long id lists).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTokens {
+    #[serde(default)]
+    pub(super) seed: u64,
+    pub(super) batch: Option<Axis<usize>>,
+    pub(super) seq: Option<Axis<usize>>,
+    pub(super) file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

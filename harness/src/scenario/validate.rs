@@ -110,6 +110,7 @@ pub(super) fn act_of(a: RawActivation) -> Activation {
         RawActivation::Gelu => Activation::GeluErf,
         RawActivation::GeluTanh => Activation::GeluTanh,
         RawActivation::Silu => Activation::Silu,
+        RawActivation::GeluNew => Activation::GeluNew,
     }
 }
 pub(super) fn norm_of(n: RawNorm) -> Norm {
@@ -159,7 +160,6 @@ pub(super) struct Fields {
     pub(super) name: String,
     pub(super) description: String,
     pub(super) grid: Grid,
-    pub(super) hidden_default: bool,
     pub(super) input: InputSource,
     pub(super) batch_given: bool,
     pub(super) seq_given: bool,

@@ -32,6 +32,13 @@ pub fn layer_line(layer: usize, d: &LayerDrift) -> String {
     s
 }
 
+/// [`layer_line`] with a name instead of a layer number (`norm`, `logits`).
+fn named_line(name: &str, d: &LayerDrift) -> String {
+    let line = layer_line(0, d);
+    let rest = line.split_once(": ").map_or("", |(_, r)| r);
+    format!("{name}: {rest}")
+}
+
 /// A drift snapshot: one backend's comparisons in one scenario.
 #[derive(Debug, Deserialize, Serialize)]
 pub struct DriftSnapshot {
@@ -78,6 +85,11 @@ pub struct SnapVariant {
     /// Mean |Δ| per layer at the last observed row (decoder: last decoded position).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_row_mean_abs: Option<String>,
+    /// A language model's head: the final norm's line, then the logits'
+    /// (columns as `columns`, the layer field named `norm` and `logits`),
+    /// then `log_softmax: max|Δ|` and `top1: agreement%`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<Vec<String>>,
 }
 
 impl DriftSnapshot {
@@ -102,6 +114,7 @@ impl DriftSnapshot {
                                 growth_exponent: None,
                                 layers: Vec::new(),
                                 last_row_mean_abs: None,
+                                head: None,
                             },
                             Some(p) => SnapVariant {
                                 variant: v.variant.clone(),
@@ -124,6 +137,14 @@ impl DriftSnapshot {
                                     .collect(),
                                 last_row_mean_abs: p.last_row_mean_abs.as_ref().map(|v| {
                                     v.iter().map(|x| sig3(*x)).collect::<Vec<_>>().join(" ")
+                                }),
+                                head: p.head.as_ref().map(|h| {
+                                    vec![
+                                        named_line("norm", &h.final_norm),
+                                        named_line("logits", &h.logits),
+                                        format!("log_softmax: {}", sig3(h.max_log_softmax)),
+                                        format!("top1: {:.1}%", 100.0 * h.top1_agreement),
+                                    ]
                                 }),
                             },
                         })
