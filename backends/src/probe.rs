@@ -302,7 +302,7 @@ mod tests {
         fn prepare_linear(
             &self,
             w: &HostTensor,
-            b: &HostTensor,
+            b: Option<&HostTensor>,
             d: DType,
         ) -> OpResult<Self::Linear> {
             F64.prepare_linear(w, b, d)

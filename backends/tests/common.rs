@@ -51,6 +51,40 @@ pub fn decoder(rope: bool, attention: AttentionForm) -> ModelSpec {
     })
 }
 
+/// A tiny Llama: grouped-query attention (4 heads over 2 KV heads), SwiGLU,
+/// an untied head over a vocabulary of 11.
+pub fn llama(attention: AttentionForm) -> ModelSpec {
+    ModelSpec::Llama(layerdrift_backends::LlamaSpec {
+        layers: 2,
+        dim: 8,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 2,
+        hidden: 12,
+        vocab: 11,
+        eps: 1e-6,
+        rope_theta: 10_000.0,
+        tie_embeddings: false,
+        attention_bias: true,
+        attention,
+    })
+}
+
+/// A tiny GPT-2: fused `c_attn`, Conv1D `[in, out]` weights, tied head.
+pub fn gpt2(attention: AttentionForm) -> ModelSpec {
+    ModelSpec::Gpt2(layerdrift_backends::Gpt2Spec {
+        layers: 2,
+        dim: 8,
+        heads: 2,
+        hidden: 16,
+        vocab: 11,
+        positions: 16,
+        eps: 1e-5,
+        activation: Activation::GeluNew,
+        attention,
+    })
+}
+
 /// Runs `model` on a `[2, 6, dim]` input, observing positions 3..6 of batch 1.
 pub fn run(b: &dyn Backend, model: &ModelSpec, schedule: &Schedule) -> Result<Checkpoints, String> {
     run_shaped(b, model, schedule, 2, 6)

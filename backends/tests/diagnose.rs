@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{available, decoder, mlp, run_diag};
+use common::{available, decoder, gpt2, llama, mlp, run_diag};
 use layerdrift_backends::reference::Reference;
 use layerdrift_backends::{
     AttentionForm, Backend, Checkpoints, Diagnose, Execution, ModelSpec, Schedule,
@@ -40,14 +40,11 @@ fn bits(c: &Checkpoints) -> Vec<u64> {
 /// has exactly `model.op_names()` in order, each with one non-empty row per
 /// observed row, and the last op of a layer is the layer's output, bit for bit.
 fn check_ops(what: &str, model: &ModelSpec, oracle: bool, c: &Checkpoints) {
-    let names = match model {
-        // The oracle computes fused attention written out.
-        ModelSpec::Decoder(d) if oracle => ModelSpec::Decoder(layerdrift_backends::DecoderSpec {
-            attention: AttentionForm::Manual,
-            ..d.clone()
-        })
-        .op_names(),
-        m => m.op_names(),
+    // The oracle computes fused attention written out.
+    let names = if oracle {
+        model.with_attention(AttentionForm::Manual).op_names()
+    } else {
+        model.op_names()
     };
     assert_eq!(
         c.ops.len(),
@@ -92,17 +89,20 @@ fn op_checkpoints_reproduce_the_layer_checkpoints_and_change_nothing() {
             decoder(false, AttentionForm::Manual),
         ),
         ("fused decoder", decoder(true, AttentionForm::Fused)),
+        ("llama", llama(AttentionForm::Manual)),
+        ("gpt2", gpt2(AttentionForm::Manual)),
     ];
     let mut checked = 0;
     for b in every() {
         for (name, model) in &models {
-            let schedules = match model {
-                ModelSpec::ResidualMlp(_) => vec![Schedule::Full, Schedule::Rows],
-                ModelSpec::Decoder(_) => vec![
+            let schedules = if model.rows_independent() {
+                vec![Schedule::Full, Schedule::Rows]
+            } else {
+                vec![
                     Schedule::Full,
                     Schedule::kv_cache(3, 6),
                     Schedule::chunked(2, 6),
-                ],
+                ]
             };
             for schedule in &schedules {
                 for execution in EXECUTIONS {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{available, decoder, max_abs, mlp, run};
+use common::{available, decoder, gpt2, llama, max_abs, mlp, run};
 use layerdrift_backends::reference::Reference;
 use layerdrift_backends::{
     AttentionForm, Backend, Checkpoints, DType, Execution, HostTensor, ModelSpec, Row, RunRequest,
@@ -70,6 +70,42 @@ fn decoder_matches_the_oracle_with_and_without_cache() {
                         ),
                     }
                 }
+            }
+        }
+    }
+}
+
+/// The Hugging Face kinds: every backend's blocks, final norm and logits
+/// agree with the oracle in every schedule; the head is there and `vocab`
+/// wide; `rows` is refused by the model's capability, with the reason.
+#[test]
+fn llama_and_gpt2_match_the_oracle_with_their_heads() {
+    let backends = available();
+    for m in [llama(AttentionForm::Manual), gpt2(AttentionForm::Manual)] {
+        let truth = run(&Reference, &m, &Schedule::Full).unwrap();
+        let th = truth.head.as_ref().expect("a language model has a head");
+        assert_eq!(th.vocab, 11);
+        assert_eq!(th.logits.len(), truth.rows * 11);
+        assert!(run(&Reference, &m, &Schedule::Rows).unwrap_err().contains("row-independent"));
+        for b in &backends {
+            assert!(run(b.as_ref(), &m, &Schedule::Rows).is_err(), "{}", b.id());
+            for s in [Schedule::Full, Schedule::kv_cache(3, 6), Schedule::chunked(4, 6)] {
+                let got = run(b.as_ref(), &m, &s).unwrap();
+                let d = max_abs(&got, &truth);
+                let h = got.head.as_ref().expect("head");
+                let dh = h
+                    .logits
+                    .iter()
+                    .zip(&th.logits)
+                    .chain(h.final_norm.iter().zip(&th.final_norm))
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f64, f64::max);
+                assert!(
+                    d < TOL && dh < TOL,
+                    "{} {} {s:?}: max |Δ| {d:e} (blocks), {dh:e} (head) vs oracle",
+                    b.id(),
+                    m.kind()
+                );
             }
         }
     }

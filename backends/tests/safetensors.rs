@@ -18,9 +18,10 @@ fn run_with(
     input: &layerdrift_backends::HostTensor,
 ) -> u64 {
     let observed: Vec<Row> = (3..6).map(|pos| Row { batch: 1, pos }).collect();
-    let schedule = match model {
-        ModelSpec::Decoder(_) => Schedule::kv_cache(3, 6),
-        ModelSpec::ResidualMlp(_) => Schedule::Full,
+    let schedule = if model.kv_cache() {
+        Schedule::kv_cache(3, 6)
+    } else {
+        Schedule::Full
     };
     let req = RunRequest {
         model,

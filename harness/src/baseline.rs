@@ -503,6 +503,7 @@ mod tests {
                 rows: 1,
                 layers: values,
                 ops: Vec::new(),
+                head: None,
             },
         }
     }

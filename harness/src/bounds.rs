@@ -203,12 +203,14 @@ mod tests {
             rows: 1,
             layers: diffs.iter().map(|_| vec![1.0]).collect(),
             ops: Vec::new(),
+            head: None,
         };
         let b = Checkpoints {
             dim: 1,
             rows: 1,
             layers: diffs.iter().map(|d| vec![1.0 + d]).collect(),
             ops: Vec::new(),
+            head: None,
         };
         DriftProfile::compare(&a, &b, DType::F64).unwrap()
     }

@@ -336,6 +336,7 @@ mod tests {
             rows: 1,
             layers,
             ops: Vec::new(),
+            head: None,
         }
     }
 
