@@ -73,7 +73,10 @@ fn a_llama_folder_loads_with_its_config_and_names() {
     let ModelSpec::Llama(m) = &c.model else {
         panic!("{:?}", c.model)
     };
-    assert_eq!((m.layers, m.dim, m.heads, m.kv_heads, m.head_dim), (2, 8, 4, 2, 2));
+    assert_eq!(
+        (m.layers, m.dim, m.heads, m.kv_heads, m.head_dim),
+        (2, 8, 4, 2, 2)
+    );
     assert_eq!((m.hidden, m.vocab, m.rope_theta), (12, 11, 500000.0));
     assert!(!m.tie_embeddings && !m.attention_bias);
     assert_eq!(
@@ -85,7 +88,10 @@ fn a_llama_folder_loads_with_its_config_and_names() {
     let one = hf::load(&d, Some(1)).unwrap();
     assert_eq!(one.model.layers(), 1);
     assert!(
-        hf::read_config(&d, Some(3)).unwrap_err().to_string().contains("the model has 2 blocks")
+        hf::read_config(&d, Some(3))
+            .unwrap_err()
+            .to_string()
+            .contains("the model has 2 blocks")
     );
 }
 
@@ -94,14 +100,22 @@ fn bf16_weights_widen_exactly_and_say_so() {
     let (d, all) = folder("bf16", GPT2, Dtype::BF16);
     let c = hf::load(&d, None).unwrap();
     let name = "transformer.h.0.attn.c_attn.weight";
-    assert_eq!(c.weights.get(name).shape, vec![8, 24], "Conv1D is [in, out]");
+    assert_eq!(
+        c.weights.get(name).shape,
+        vec![8, 24],
+        "Conv1D is [in, out]"
+    );
     let want: Vec<f32> = all[name]
         .data
         .iter()
         .map(|x| half::bf16::from_f32(*x).to_f32())
         .collect();
     assert_eq!(c.weights.get(name).data, want);
-    assert!(c.describe().contains("BF16") && c.describe().contains("widened"), "{}", c.describe());
+    assert!(
+        c.describe().contains("BF16") && c.describe().contains("widened"),
+        "{}",
+        c.describe()
+    );
 }
 
 #[test]
@@ -109,8 +123,9 @@ fn a_sharded_folder_loads_like_a_single_file() {
     let (d, all) = folder("sharded", LLAMA, Dtype::F32);
     let single = hf::load(&d, None).unwrap();
     std::fs::remove_file(d.join("model.safetensors")).unwrap();
-    let (a, b): (BTreeMap<_, _>, BTreeMap<_, _>) =
-        all.into_iter().partition(|(k, _)| k.contains("layers.0") || k.starts_with("model.embed"));
+    let (a, b): (BTreeMap<_, _>, BTreeMap<_, _>) = all
+        .into_iter()
+        .partition(|(k, _)| k.contains("layers.0") || k.starts_with("model.embed"));
     write(&d.join("model-00001-of-00002.safetensors"), &a, Dtype::F32);
     write(&d.join("model-00002-of-00002.safetensors"), &b, Dtype::F32);
     let mut map = serde_json::Map::new();
@@ -128,7 +143,10 @@ fn a_sharded_folder_loads_like_a_single_file() {
     // A truncated index is refused by name.
     std::fs::write(d.join("model.safetensors.index.json"), "{\"weight_map\": {").unwrap();
     let e = hf::load(&d, None).unwrap_err().to_string();
-    assert!(e.contains("model.safetensors.index.json") && e.contains("JSON"), "{e}");
+    assert!(
+        e.contains("model.safetensors.index.json") && e.contains("JSON"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -136,11 +154,22 @@ fn bad_folders_are_refused_by_name() {
     let err = |d: &Path| hf::load(d, None).unwrap_err().to_string();
     // An architecture layerdrift does not know.
     let d = tmp("arch");
-    std::fs::write(d.join("config.json"), LLAMA.replace("LlamaForCausalLM", "BertModel")).unwrap();
+    std::fs::write(
+        d.join("config.json"),
+        LLAMA.replace("LlamaForCausalLM", "BertModel"),
+    )
+    .unwrap();
     let e = err(&d);
-    assert!(e.contains("`BertModel` is not supported") && e.contains("LlamaForCausalLM"), "{e}");
+    assert!(
+        e.contains("`BertModel` is not supported") && e.contains("LlamaForCausalLM"),
+        "{e}"
+    );
     // kv_heads that do not divide heads.
-    std::fs::write(d.join("config.json"), LLAMA.replace("\"num_key_value_heads\": 2", "\"num_key_value_heads\": 3")).unwrap();
+    std::fs::write(
+        d.join("config.json"),
+        LLAMA.replace("\"num_key_value_heads\": 2", "\"num_key_value_heads\": 3"),
+    )
+    .unwrap();
     assert!(err(&d).contains("must divide"), "{}", err(&d));
     // No weights at all.
     std::fs::write(d.join("config.json"), LLAMA).unwrap();
@@ -151,15 +180,27 @@ fn bad_folders_are_refused_by_name() {
     all.remove("model.layers.1.mlp.up_proj.weight");
     write(&d.join("model.safetensors"), &all, Dtype::F32);
     let e = err(&d);
-    assert!(e.contains("model.layers.1.mlp.up_proj.weight") && e.contains("[12, 8]"), "{e}");
+    assert!(
+        e.contains("model.layers.1.mlp.up_proj.weight") && e.contains("[12, 8]"),
+        "{e}"
+    );
     // A misshaped tensor: both shapes named.
-    all.insert("model.layers.1.mlp.up_proj.weight".into(), HostTensor::full(vec![8, 12], 0.0));
+    all.insert(
+        "model.layers.1.mlp.up_proj.weight".into(),
+        HostTensor::full(vec![8, 12], 0.0),
+    );
     write(&d.join("model.safetensors"), &all, Dtype::F32);
     let e = err(&d);
     assert!(e.contains("[8, 12]") && e.contains("[12, 8]"), "{e}");
     // An extra tensor the model does not have (a strict loader refuses it).
-    all.insert("model.layers.1.mlp.up_proj.weight".into(), HostTensor::full(vec![12, 8], 0.0));
-    all.insert("model.layers.0.self_attn.q_norm.weight".into(), HostTensor::full(vec![2], 1.0));
+    all.insert(
+        "model.layers.1.mlp.up_proj.weight".into(),
+        HostTensor::full(vec![12, 8], 0.0),
+    );
+    all.insert(
+        "model.layers.0.self_attn.q_norm.weight".into(),
+        HostTensor::full(vec![2], 1.0),
+    );
     write(&d.join("model.safetensors"), &all, Dtype::F32);
     let e = err(&d);
     assert!(e.contains("unexpected") && e.contains("q_norm"), "{e}");
@@ -170,16 +211,28 @@ fn bad_folders_are_refused_by_name() {
     std::fs::write(d.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
     let e = err(&d);
     assert!(e.contains("model.safetensors"), "{e}");
-    assert!(hf::safetensors_header(&d.join("model.safetensors")).unwrap_err().to_string().contains("truncated"));
+    assert!(
+        hf::safetensors_header(&d.join("model.safetensors"))
+            .unwrap_err()
+            .to_string()
+            .contains("truncated")
+    );
 }
 
 #[test]
 fn token_ids_outside_the_vocabulary_are_refused() {
     let (d, _) = folder("tokens", GPT2, Dtype::F32);
     let c = hf::load(&d, None).unwrap();
-    let bad = layerdrift_backends::Tokens { batch: 1, seq: 2, ids: vec![3, 11] };
+    let bad = layerdrift_backends::Tokens {
+        batch: 1,
+        seq: 2,
+        ids: vec![3, 11],
+    };
     let e = c.model.embed(&c.weights, &bad).unwrap_err();
-    assert!(e.contains("token id 11") && e.contains("vocabulary of 11"), "{e}");
+    assert!(
+        e.contains("token id 11") && e.contains("vocabulary of 11"),
+        "{e}"
+    );
     let ok = layerdrift_backends::Tokens::random(2, 5, 11, 1);
     let x = c.model.embed(&c.weights, &ok).unwrap();
     assert_eq!(x.shape, vec![2, 5, 8]);

@@ -86,10 +86,18 @@ fn llama_and_gpt2_match_the_oracle_with_their_heads() {
         let th = truth.head.as_ref().expect("a language model has a head");
         assert_eq!(th.vocab, 11);
         assert_eq!(th.logits.len(), truth.rows * 11);
-        assert!(run(&Reference, &m, &Schedule::Rows).unwrap_err().contains("row-independent"));
+        assert!(
+            run(&Reference, &m, &Schedule::Rows)
+                .unwrap_err()
+                .contains("row-independent")
+        );
         for b in &backends {
             assert!(run(b.as_ref(), &m, &Schedule::Rows).is_err(), "{}", b.id());
-            for s in [Schedule::Full, Schedule::kv_cache(3, 6), Schedule::chunked(4, 6)] {
+            for s in [
+                Schedule::Full,
+                Schedule::kv_cache(3, 6),
+                Schedule::chunked(4, 6),
+            ] {
                 let got = run(b.as_ref(), &m, &s).unwrap();
                 let d = max_abs(&got, &truth);
                 let h = got.head.as_ref().expect("head");

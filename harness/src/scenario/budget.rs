@@ -42,12 +42,18 @@ pub const MAX_VARIANTS: usize = 1024;
 pub const MAX_OBSERVED_ROWS: usize = 65_536;
 
 /// Parameters of `model`, as f64 (never overflows).
+/// Counted from a one- and a two-block model (never listing the parameters
+/// of a huge one): what is outside the blocks, plus `layers` blocks.
 fn parameters(model: &ModelSpec) -> f64 {
-    model
-        .parameters()
-        .iter()
-        .map(|p| p.shape.iter().map(|&d| d as f64).product::<f64>())
-        .sum()
+    let count = |m: ModelSpec| -> f64 {
+        m.parameters()
+            .iter()
+            .map(|p| p.shape.iter().map(|&d| d as f64).product::<f64>())
+            .sum()
+    };
+    let (one, two) = (count(model.with_layers(1)), count(model.with_layers(2)));
+    let block = two - one;
+    (one - block) + block * model.layers() as f64
 }
 
 /// The estimated peak bytes of one run of `model` (see the module docs).

@@ -53,7 +53,11 @@ pub(super) fn derived(v: &mut Validator<'_>, mut f: Fields, memory_limit: u64) -
             && (m.dim / m.heads) % 2 == 1
         {
             v.err(
-                "model.heads",
+                if v.index.has("model.rope") {
+                    "model.rope"
+                } else {
+                    "model.heads"
+                },
                 format!(
                     "rotary embeddings need an even head dim; dim {} / heads {} = {} is odd",
                     m.dim,
