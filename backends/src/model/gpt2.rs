@@ -114,7 +114,7 @@ impl Gpt2Spec {
 
     /// Checks the shape rules a GPT-2 must keep; the error names the field.
     pub fn validate(&self) -> Result<(), String> {
-        if self.heads == 0 || self.dim % self.heads != 0 {
+        if self.heads == 0 || !self.dim.is_multiple_of(self.heads) {
             return Err(format!(
                 "`heads` ({}) must divide `dim` ({})",
                 self.heads, self.dim

@@ -132,13 +132,13 @@ impl LlamaSpec {
         if self.heads == 0 || self.kv_heads == 0 {
             return Err("`heads` and `kv_heads` must be at least 1".into());
         }
-        if self.heads % self.kv_heads != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads) {
             return Err(format!(
                 "`kv_heads` ({}) must divide `heads` ({}): grouped-query attention shares each key/value head among heads / kv_heads query heads",
                 self.kv_heads, self.heads
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(format!(
                 "the head dimension ({}) must be even for rotary embeddings",
                 self.head_dim
