@@ -186,8 +186,21 @@ impl Session {
     /// share it.
     pub fn input_key(s: &Scenario, v: usize) -> String {
         let var = &s.variants[v];
+        // A language model's input is its embedding of the ids: it depends
+        // on the model and its weights too.
+        let embedding = match s.input {
+            InputSource::Tokens(_) | InputSource::TokenFile(_) => {
+                format!(
+                    "/{}/{:?}/{:?}",
+                    var.model.kind(),
+                    var.model.vocab(),
+                    s.weights
+                )
+            }
+            InputSource::Seed(_) | InputSource::File { .. } => String::new(),
+        };
         format!(
-            "{:?}/{}/{}/{}",
+            "{:?}/{}/{}/{}{embedding}",
             s.input,
             var.batch,
             var.seq,
