@@ -464,17 +464,19 @@ impl<B: BurnBackend> Ops for BurnOps<B> {
         b: Option<&HostTensor>,
         dtype: DType,
     ) -> OpResult<Self::Linear> {
-        let [out, inp] = w.shape[..] else {
-            return Err(format!("linear weight must be 2-d, got {:?}", w.shape));
-        };
-        let mut wt = vec![0.0f32; w.len()];
-        for o in 0..out {
-            for i in 0..inp {
-                wt[i * out + o] = w.data[o * inp + i];
-            }
-        }
+        self.prepare_linear_in_out(&w.transposed()?, b, dtype)
+    }
+
+    /// burn keeps linear weights `[in, out]`: a `Conv1D` weight is
+    /// uploaded as stored.
+    fn prepare_linear_in_out(
+        &self,
+        w: &HostTensor,
+        b: Option<&HostTensor>,
+        dtype: DType,
+    ) -> OpResult<Self::Linear> {
         Ok(BurnLinear {
-            weight: self.upload(&HostTensor::new(vec![inp, out], wt), dtype)?,
+            weight: self.upload(w, dtype)?,
             bias: b.map(|b| self.upload(b, dtype)).transpose()?,
         })
     }

@@ -8,15 +8,15 @@
 //! names and widened to f32 on the host (F16 and BF16 exactly); loading is
 //! strict like `load_state_dict(strict=True)`: a missing, misshaped or
 //! unexpected tensor is an error naming it. Buffers that are not parameters
-//! (GPT-2's `attn.bias` masks, `rotary_emb.inv_freq`) and a tied
-//! `lm_head.weight` equal to the embedding are skipped.
+//! (GPT-2's `attn.bias` masks, `rotary_emb.inv_freq`) and a tied model's
+//! `lm_head.weight` equal to its embedding are skipped.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::host::HostTensor;
 use crate::model::{Gpt2Spec, LlamaSpec, ModelSpec};
-use crate::weights::{Weights, WeightsError, read_safetensors};
+use crate::weights::{Weights, WeightsError, read_safetensors_stored};
 
 /// What can go wrong reading a checkpoint folder.
 #[derive(Debug, thiserror::Error)]
@@ -72,12 +72,40 @@ pub enum HfError {
     },
 }
 
-/// Architectures that read as each kind.
-pub const ARCHITECTURES: &[(&str, &str)] = &[
-    ("LlamaForCausalLM", "llama"),
-    ("MistralForCausalLM", "llama"),
-    ("Qwen2ForCausalLM", "llama"),
-    ("GPT2LMHeadModel", "gpt2"),
+/// One architecture layerdrift reads: its `architectures` name, its
+/// `model_type`, and how its `config.json` becomes a spec.
+pub struct Architecture {
+    /// The `architectures` entry (`LlamaForCausalLM`).
+    pub name: &'static str,
+    /// The `model_type` (`llama`), read when `architectures` is absent.
+    pub model_type: &'static str,
+    /// The spec the config describes; the error names the field.
+    pub spec: fn(&serde_json::Value) -> Result<ModelSpec, String>,
+}
+
+/// Every architecture layerdrift reads.
+pub const ARCHITECTURES: &[Architecture] = &[
+    Architecture {
+        name: "LlamaForCausalLM",
+        model_type: "llama",
+        spec: |c| LlamaSpec::from_hf_config(c, false).map(ModelSpec::Llama),
+    },
+    Architecture {
+        name: "MistralForCausalLM",
+        model_type: "mistral",
+        spec: |c| LlamaSpec::from_hf_config(c, false).map(ModelSpec::Llama),
+    },
+    Architecture {
+        name: "Qwen2ForCausalLM",
+        model_type: "qwen2",
+        // Qwen2 always has biases on its Q/K/V projections.
+        spec: |c| LlamaSpec::from_hf_config(c, true).map(ModelSpec::Llama),
+    },
+    Architecture {
+        name: "GPT2LMHeadModel",
+        model_type: "gpt2",
+        spec: |c| Gpt2Spec::from_hf_config(c).map(ModelSpec::Gpt2),
+    },
 ];
 
 /// A checkpoint folder read into memory.
@@ -129,38 +157,24 @@ pub fn read_config(dir: &Path, layers: Option<usize>) -> Result<ModelSpec, HfErr
     };
     let c: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| config(format!("not valid JSON: {e}")))?;
-    let arch = c
+    let field = |k: &str| c.get(k).and_then(|a| a.as_str());
+    let named = c
         .get("architectures")
         .and_then(|a| a.get(0))
-        .and_then(|a| a.as_str())
-        .map(str::to_string)
-        .or_else(|| {
-            c.get("model_type")
-                .and_then(|m| m.as_str())
-                .map(|m| match m {
-                    "llama" => "LlamaForCausalLM".to_string(),
-                    "mistral" => "MistralForCausalLM".to_string(),
-                    "qwen2" => "Qwen2ForCausalLM".to_string(),
-                    "gpt2" => "GPT2LMHeadModel".to_string(),
-                    other => other.to_string(),
-                })
-        })
-        .ok_or_else(|| config("no `architectures` (or `model_type`)".into()))?;
-    let kind = ARCHITECTURES
-        .iter()
-        .find(|(a, _)| *a == arch)
-        .map(|(_, k)| *k)
-        .ok_or_else(|| {
-            let known: Vec<&str> = ARCHITECTURES.iter().map(|(a, _)| *a).collect();
-            config(format!(
-                "architecture `{arch}` is not supported; layerdrift reads {}",
-                known.join(", ")
-            ))
-        })?;
-    let mut model = match kind {
-        "llama" => ModelSpec::Llama(LlamaSpec::from_hf_config(&c, &arch).map_err(config)?),
-        _ => ModelSpec::Gpt2(Gpt2Spec::from_hf_config(&c).map_err(config)?),
-    };
+        .and_then(|a| a.as_str());
+    let arch = match (named, field("model_type")) {
+        (Some(n), _) => ARCHITECTURES.iter().find(|a| a.name == n).ok_or(n),
+        (None, Some(t)) => ARCHITECTURES.iter().find(|a| a.model_type == t).ok_or(t),
+        (None, None) => return Err(config("no `architectures` (or `model_type`)".into())),
+    }
+    .map_err(|found| {
+        let known: Vec<&str> = ARCHITECTURES.iter().map(|a| a.name).collect();
+        config(format!(
+            "architecture `{found}` is not supported; layerdrift reads {}",
+            known.join(", ")
+        ))
+    })?;
+    let mut model = (arch.spec)(&c).map_err(config)?;
     if let Some(n) = layers {
         let have = model.layers();
         if n == 0 || n > have {
@@ -239,57 +253,40 @@ fn layer_of(name: &str) -> Option<usize> {
 /// Reads the checkpoint folder `dir` (with `layers`, only the first blocks).
 pub fn load(dir: &Path, layers: Option<usize>) -> Result<Checkpoint, HfError> {
     let model = read_config(dir, layers)?;
-    let files = weight_files(dir)?;
-    let mut all: BTreeMap<String, HostTensor> = BTreeMap::new();
-    let mut stored: BTreeMap<String, String> = BTreeMap::new();
-    for f in &files {
-        for (name, (t, dtype)) in read_safetensors_typed(f)? {
-            stored.insert(name.clone(), dtype);
-            all.insert(name, t);
-        }
+    // Name → (tensor, stored dtype), over every shard.
+    let mut all: BTreeMap<String, (HostTensor, String)> = BTreeMap::new();
+    for f in weight_files(dir)? {
+        all.extend(read_safetensors_stored(&f)?);
     }
     // GPT2Model checkpoints name tensors without the `transformer.` prefix.
     if matches!(model, ModelSpec::Gpt2(_)) && !all.keys().any(|k| k.starts_with("transformer.")) {
         all = all
             .into_iter()
-            .map(|(k, v)| {
-                let k = if k == "lm_head.weight" {
-                    k
-                } else {
-                    format!("transformer.{k}")
-                };
-                (k, v)
-            })
-            .collect();
-        stored = stored
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    if k == "lm_head.weight" {
-                        k
-                    } else {
-                        format!("transformer.{k}")
-                    },
-                    v,
-                )
+            .map(|(k, v)| match k.as_str() {
+                LM_HEAD => (k, v),
+                _ => (format!("transformer.{k}"), v),
             })
             .collect();
     }
     let params: std::collections::BTreeSet<String> =
         model.parameters().into_iter().map(|p| p.name).collect();
+    // A tied model's `lm_head.weight` (where one was saved) must be its
+    // embedding: then it is the same parameter, skipped.
+    let tied_to = model.plan().and_then(|p| p.head).map(|h| h.lm_head);
+    let tied_head = match (all.get(LM_HEAD), tied_to) {
+        (Some((lm, _)), Some(emb)) if !params.contains(LM_HEAD) => {
+            all.get(emb).is_some_and(|(e, _)| e == lm)
+        }
+        _ => false,
+    };
     let keep = model.layers();
     let mut unexpected = Vec::new();
-    all.retain(|name, t| {
+    all.retain(|name, _| {
         if params.contains(name) {
             return true;
         }
         let skipped_layer = layer_of(name).is_some_and(|l| l >= keep);
-        let tied_head = name == "lm_head.weight"
-            && ["model.embed_tokens.weight", "transformer.wte.weight"]
-                .iter()
-                .any(|e| !params.contains("lm_head.weight") && params.contains(*e))
-            && t.shape.len() == 2;
-        if !(is_buffer(name) || skipped_layer || tied_head) {
+        if !(is_buffer(name) || skipped_layer || (tied_head && name == LM_HEAD)) {
             unexpected.push(name.clone());
         }
         false
@@ -302,39 +299,22 @@ pub fn load(dir: &Path, layers: Option<usize>) -> Result<Checkpoint, HfError> {
             count: unexpected.len(),
         });
     }
-    let mut counts = BTreeMap::new();
-    for name in all.keys() {
-        if let Some(d) = stored.get(name) {
-            *counts.entry(d.clone()).or_insert(0) += 1;
-        }
+    let mut stored = BTreeMap::new();
+    let mut tensors = BTreeMap::new();
+    for (name, (t, dtype)) in all {
+        *stored.entry(dtype).or_insert(0) += 1;
+        tensors.insert(name, t);
     }
-    let weights = Weights::from_tensors(&model, all, dir)?;
+    let weights = Weights::from_tensors(&model, tensors, dir)?;
     Ok(Checkpoint {
         model,
         weights,
-        stored: counts,
+        stored,
     })
 }
 
-/// [`read_safetensors`] keeping each tensor's stored dtype.
-fn read_safetensors_typed(
-    path: &Path,
-) -> Result<BTreeMap<String, (HostTensor, String)>, WeightsError> {
-    let dtypes = safetensors_dtypes(path)?;
-    Ok(read_safetensors(path)?
-        .into_iter()
-        .map(|(n, t)| {
-            let d = dtypes.get(&n).cloned().unwrap_or_else(|| "F32".into());
-            (n, (t, d))
-        })
-        .collect())
-}
-
-/// Each tensor's stored dtype, from the file's header only.
-pub fn safetensors_dtypes(path: &Path) -> Result<BTreeMap<String, String>, WeightsError> {
-    let header = safetensors_header(path)?;
-    Ok(header.into_iter().map(|(n, (d, _))| (n, d)).collect())
-}
+/// The output projection's name where the head is not tied.
+const LM_HEAD: &str = "lm_head.weight";
 
 /// Each tensor's dtype and shape, read from the header of a safetensors
 /// file alone (cheap: what `validate` checks before anything is loaded).

@@ -86,14 +86,6 @@ impl HostTensor {
         }
         Ok(HostTensor::new(vec![b, a], data))
     }
-
-    /// Rows `start..start + len` of the first dimension.
-    pub fn narrow_rows(&self, start: usize, len: usize) -> HostTensor {
-        let row: usize = self.shape[1..].iter().product();
-        let mut shape = self.shape.clone();
-        shape[0] = len;
-        HostTensor::new(shape, self.data[start * row..(start + len) * row].to_vec())
-    }
 }
 
 /// Token ids, `[batch, seq]` row-major: a language model's input.
@@ -113,15 +105,7 @@ impl Tokens {
     pub fn random(batch: usize, seq: usize, vocab: usize, seed: u64) -> Tokens {
         let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
         let ids = (0..batch * seq)
-            .map(|_| {
-                // splitmix64
-                state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-                let mut z = state;
-                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-                z ^= z >> 31;
-                (z % vocab.max(1) as u64) as u32
-            })
+            .map(|_| (crate::rng::splitmix64(&mut state) % vocab.max(1) as u64) as u32)
             .collect();
         Tokens { batch, seq, ids }
     }

@@ -246,8 +246,8 @@ impl Ops for TchOps {
         b: Option<&HostTensor>,
         d: DType,
     ) -> OpResult<Self::Linear> {
-        let b = b.map(|b| self.upload(b, d).map(|t| t.0)).transpose()?;
-        Ok((self.upload(w, d)?.0.f_transpose(0, 1).map_err(e)?, b))
+        let (w, b) = self.prepare_linear(w, b, d)?;
+        Ok((w.f_transpose(0, 1).map_err(e)?, b))
     }
 
     fn linear(&self, x: &Shared, (w, b): &Self::Linear) -> OpResult<Shared> {

@@ -212,6 +212,17 @@ fn shape_hint(model: &ModelSpec, name: &str, found: &[usize]) -> String {
 
 /// Reads every tensor of a safetensors file as f32 (F16 and BF16 widen exactly).
 pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>, WeightsError> {
+    Ok(read_safetensors_stored(path)?
+        .into_iter()
+        .map(|(n, (t, _))| (n, t))
+        .collect())
+}
+
+/// [`read_safetensors`], keeping each tensor's stored dtype (`F32`, `F16`,
+/// `BF16`).
+pub(crate) fn read_safetensors_stored(
+    path: &Path,
+) -> Result<BTreeMap<String, (HostTensor, String)>, WeightsError> {
     use safetensors::{Dtype, SafeTensors};
     let io = |source| WeightsError::Io {
         path: path.into(),
@@ -259,7 +270,8 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>, Wei
                 });
             }
         };
-        out.insert(name, HostTensor::new(view.shape().to_vec(), data));
+        let stored = format!("{:?}", view.dtype());
+        out.insert(name, (HostTensor::new(view.shape().to_vec(), data), stored));
     }
     Ok(out)
 }

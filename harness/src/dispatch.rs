@@ -93,28 +93,17 @@ pub fn shapes_of_model(model: &ModelSpec, seq: usize) -> Vec<Shape> {
         Norm::RmsNorm => ProbeOp::RmsNorm,
     };
     let mut out = Vec::new();
-    let (dim, hidden, act, nrm) = (
-        model.dim(),
-        model.hidden(),
-        model.activation(),
-        model.norm(),
-    );
-    out.push(s(norm(nrm), dim, 0, 1));
-    out.push(s(ProbeOp::Linear, dim, hidden, 1));
-    out.push(s(ProbeOp::Linear, hidden, dim, 1));
-    if act == Activation::GeluErf {
+    let (dim, hidden) = (model.dim(), model.hidden());
+    out.push(s(norm(model.norm()), dim, 0, 1));
+    for (i, o) in model.linear_shapes() {
+        out.push(s(ProbeOp::Linear, i, o, 1));
+    }
+    if model.activation() == Activation::GeluErf {
         out.push(s(ProbeOp::Gelu, hidden, 0, 1));
     }
-    if let (Some(form), Some((heads, kv_heads)), Some(hd)) =
+    if let (Some(form), Some((heads, _)), Some(hd)) =
         (model.attention(), model.heads(), model.head_dim())
     {
-        out.push(s(ProbeOp::Linear, dim, dim, 1));
-        if kv_heads != heads {
-            out.push(s(ProbeOp::Linear, dim, kv_heads * hd, 1));
-        }
-        if let ModelSpec::Gpt2(_) = model {
-            out.push(s(ProbeOp::Linear, dim, 3 * dim, 1));
-        }
         match form {
             AttentionForm::Manual => {
                 out.push(s(ProbeOp::Softmax, seq, 0, 1));
@@ -122,9 +111,6 @@ pub fn shapes_of_model(model: &ModelSpec, seq: usize) -> Vec<Shape> {
             }
             AttentionForm::Fused => out.push(s(ProbeOp::FusedAttention, hd, seq, heads)),
         }
-    }
-    if let Some(vocab) = model.vocab() {
-        out.push(s(ProbeOp::Linear, dim, vocab, 1));
     }
     out
 }

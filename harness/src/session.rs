@@ -155,7 +155,7 @@ impl Session {
     /// one model shape).
     pub fn weights(&self, s: &Scenario, v: usize) -> Result<Arc<Weights>, String> {
         let model = &s.variants[v].model;
-        slot(&self.weights, self.weights_key(s, v))
+        slot(&self.weights, Session::weights_key(s, v))
             .get_or_init(|| {
                 match &s.weights {
                     WeightSource::Init { seed, std } => Ok(Weights::init(model, *seed, *std)),
@@ -172,7 +172,7 @@ impl Session {
     }
 
     /// The memo key of variant `v`'s weights: their source and shapes.
-    fn weights_key(&self, s: &Scenario, v: usize) -> String {
+    fn weights_key(s: &Scenario, v: usize) -> String {
         let shapes: Vec<_> = s.variants[v]
             .model
             .parameters()
@@ -187,15 +187,10 @@ impl Session {
     pub fn input_key(s: &Scenario, v: usize) -> String {
         let var = &s.variants[v];
         // A language model's input is its embedding of the ids: it depends
-        // on the model and its weights too.
+        // on the weights too.
         let embedding = match s.input {
             InputSource::Tokens(_) | InputSource::TokenFile(_) => {
-                format!(
-                    "/{}/{:?}/{:?}",
-                    var.model.kind(),
-                    var.model.vocab(),
-                    s.weights
-                )
+                format!("/{}", Session::weights_key(s, v))
             }
             InputSource::Seed(_) | InputSource::File { .. } => String::new(),
         };
@@ -287,7 +282,7 @@ impl Session {
         slot(&self.keys, key)
             .get_or_init(|| {
                 // Variants of one model share weights: hash them once.
-                let wkey = format!("weights {}", self.weights_key(s, v));
+                let wkey = format!("weights {}", Session::weights_key(s, v));
                 let w = slot(&self.hashes, wkey)
                     .get_or_init(|| Ok(baseline::weights_state(&*self.weights(s, v)?)))
                     .clone()?;

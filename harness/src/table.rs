@@ -35,25 +35,19 @@ pub fn table(o: &Outcome, metric: Metric) -> String {
         s.push('\n');
     }
     // A language model's head: the final norm and the logits.
+    let heads: Option<Vec<&crate::metrics::HeadDrift>> = cols
+        .iter()
+        .map(|v| v.profile.as_ref().and_then(|p| p.head.as_ref()))
+        .collect();
     type Pick = fn(&crate::metrics::HeadDrift) -> &crate::metrics::LayerDrift;
     let rows: [(&str, Pick); 2] = [("norm", |h| &h.final_norm), ("logits", |h| &h.logits)];
-    for (label, pick) in rows {
-        if cols
-            .iter()
-            .all(|v| v.profile.as_ref().is_some_and(|p| p.head.is_some()))
-        {
-            let _ = write!(s, "  {label:>5}");
-            for v in &cols {
-                let h = v
-                    .profile
-                    .as_ref()
-                    .and_then(|p| p.head.as_ref())
-                    .expect("checked");
-                let cell = metric.format(pick(h));
-                let _ = write!(s, "  {cell:>width$}");
-            }
-            s.push('\n');
+    for (label, pick) in rows.iter().filter(|_| heads.is_some()) {
+        let _ = write!(s, "  {label:>5}");
+        for h in heads.iter().flatten() {
+            let cell = metric.format(pick(h));
+            let _ = write!(s, "  {cell:>width$}");
         }
+        s.push('\n');
     }
     s
 }

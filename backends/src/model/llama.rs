@@ -148,8 +148,9 @@ impl LlamaSpec {
     }
 
     /// The spec a Hugging Face `config.json` describes (`LlamaForCausalLM`,
-    /// `MistralForCausalLM`, `Qwen2ForCausalLM`); the error names the field.
-    pub fn from_hf_config(c: &serde_json::Value, arch: &str) -> Result<LlamaSpec, String> {
+    /// `MistralForCausalLM`, `Qwen2ForCausalLM`, whose Q/K/V always have
+    /// biases: `qkv_bias`); the error names the field.
+    pub fn from_hf_config(c: &serde_json::Value, qkv_bias: bool) -> Result<LlamaSpec, String> {
         let f = super::hf_field;
         let dim = f(c, "hidden_size")?;
         let heads = f(c, "num_attention_heads")?;
@@ -185,7 +186,6 @@ impl LlamaSpec {
         if c.get("mlp_bias").and_then(|b| b.as_bool()) == Some(true) {
             return Err("`mlp_bias: true` is not supported".into());
         }
-        let qwen = arch.starts_with("Qwen2");
         let spec = LlamaSpec {
             layers: f(c, "num_hidden_layers")?,
             dim,
@@ -203,7 +203,8 @@ impl LlamaSpec {
                 .get("tie_word_embeddings")
                 .and_then(|v| v.as_bool())
                 .unwrap_or(false),
-            attention_bias: qwen || c.get("attention_bias").and_then(|v| v.as_bool()) == Some(true),
+            attention_bias: qkv_bias
+                || c.get("attention_bias").and_then(|v| v.as_bool()) == Some(true),
             attention: AttentionForm::Manual,
         };
         spec.validate()?;

@@ -394,15 +394,27 @@ impl ModelSpec {
         }
     }
 
+    /// The `(in, out)` widths of every linear the model calls, each shape
+    /// once (a language model's LM head last).
+    pub fn linear_shapes(&self) -> Vec<(usize, usize)> {
+        match (self, self.plan()) {
+            (ModelSpec::ResidualMlp(m), _) => vec![(m.dim, m.hidden), (m.hidden, m.dim)],
+            (_, Some(plan)) => plan.linear_shapes(),
+            (_, None) => Vec::new(),
+        }
+    }
+
     /// The row-mixing ops the model calls, as kernel-dispatch probes
     /// `(op, width, out, heads)`; attention over `capacity` keys.
     pub(crate) fn probes(&self, capacity: usize) -> Vec<(ProbeOp, usize, usize, usize)> {
         match (self, self.plan()) {
-            (ModelSpec::ResidualMlp(m), _) => vec![
-                (norm_probe(m.norm), m.dim, 0, 1),
-                (ProbeOp::Linear, m.dim, m.hidden, 1),
-                (ProbeOp::Linear, m.hidden, m.dim, 1),
-            ],
+            (ModelSpec::ResidualMlp(m), _) => std::iter::once((norm_probe(m.norm), m.dim, 0, 1))
+                .chain(
+                    self.linear_shapes()
+                        .into_iter()
+                        .map(|(i, o)| (ProbeOp::Linear, i, o, 1)),
+                )
+                .collect(),
             (_, Some(plan)) => plan.probes(capacity),
             (_, None) => Vec::new(),
         }

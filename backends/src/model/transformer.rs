@@ -135,33 +135,35 @@ impl Plan {
         v
     }
 
+    /// The `(in, out)` widths of the block's linears (each shape once), then
+    /// the LM head's.
+    pub(crate) fn linear_shapes(&self) -> Vec<(usize, usize)> {
+        let (d, kv) = (self.dim, self.kv_heads * self.head_dim);
+        let mut v = match self.qkv {
+            Qkv::Separate if kv != d => vec![(d, d), (d, kv)],
+            Qkv::Separate => vec![(d, d)],
+            Qkv::Fused => vec![(d, 3 * d), (d, d)],
+        };
+        v.extend([(d, self.hidden), (self.hidden, d)]);
+        if let Some(h) = &self.head {
+            v.push((d, h.vocab));
+        }
+        v
+    }
+
     /// The row-mixing ops, as kernel-dispatch probes `(op, width, out, heads)`.
     pub(crate) fn probes(&self, capacity: usize) -> Vec<(ProbeOp, usize, usize, usize)> {
         let att = match self.attention {
             AttentionForm::Manual => ProbeOp::Attention,
             AttentionForm::Fused => ProbeOp::FusedAttention,
         };
-        let norm = super::norm_probe(self.norm);
-        let kv = self.kv_heads * self.head_dim;
-        let mut v = vec![(norm, self.dim, 0, 1)];
-        match self.qkv {
-            Qkv::Separate => {
-                v.push((ProbeOp::Linear, self.dim, self.dim, 1));
-                if kv != self.dim {
-                    v.push((ProbeOp::Linear, self.dim, kv, 1));
-                }
-            }
-            Qkv::Fused => v.push((ProbeOp::Linear, self.dim, 3 * self.dim, 1)),
-        }
-        if self.qkv == Qkv::Fused {
-            v.push((ProbeOp::Linear, self.dim, self.dim, 1));
-        }
-        v.push((ProbeOp::Linear, self.dim, self.hidden, 1));
-        v.push((ProbeOp::Linear, self.hidden, self.dim, 1));
+        let mut v = vec![(super::norm_probe(self.norm), self.dim, 0, 1)];
+        v.extend(
+            self.linear_shapes()
+                .into_iter()
+                .map(|(i, o)| (ProbeOp::Linear, i, o, 1)),
+        );
         v.push((att, self.head_dim, capacity, self.heads));
-        if let Some(h) = &self.head {
-            v.push((ProbeOp::Linear, self.dim, h.vocab, 1));
-        }
         v
     }
 
@@ -237,16 +239,48 @@ struct Cache<O: Ops> {
 /// `[len, head_dim]`, computed in f64 on the host and rounded once, so every
 /// backend multiplies by the same values.
 fn rope_tables(theta: f64, head_dim: usize, start: usize, end: usize) -> (HostTensor, HostTensor) {
+    rope_grid(head_dim, start, end, |p, i| {
+        let freq = 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64);
+        let a = p as f64 * freq;
+        (libm::cos(a) as f32, libm::sin(a) as f32)
+    })
+}
+
+/// The rotary tables of positions `start..end` as Hugging Face computes
+/// them, in f32 ([`RopeTables::HfF32`]), with `libm`'s f32 functions: every
+/// backend but libtorch (which computes its own) uses these.
+pub(crate) fn rope_tables_f32(
+    theta: f64,
+    head_dim: usize,
+    start: usize,
+    end: usize,
+) -> (HostTensor, HostTensor) {
+    let theta = theta as f32;
+    let inv: Vec<f32> = (0..head_dim / 2)
+        .map(|i| 1.0 / libm::powf(theta, (2 * i) as f32 / head_dim as f32))
+        .collect();
+    rope_grid(head_dim, start, end, |p, i| {
+        let a = p as f32 * inv[i];
+        (libm::cosf(a), libm::sinf(a))
+    })
+}
+
+/// `cos`, `sin` tables `[end - start, head_dim]`: entry `(p, j)` is
+/// `angle(p, j % (head_dim / 2))` — the two halves of a head repeat.
+fn rope_grid(
+    head_dim: usize,
+    start: usize,
+    end: usize,
+    angle: impl Fn(usize, usize) -> (f32, f32),
+) -> (HostTensor, HostTensor) {
     let half = head_dim / 2;
     let mut cos = Vec::with_capacity((end - start) * head_dim);
     let mut sin = Vec::with_capacity((end - start) * head_dim);
     for p in start..end {
         for j in 0..head_dim {
-            let i = j % half;
-            let freq = 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64);
-            let a = p as f64 * freq;
-            cos.push(libm::cos(a) as f32);
-            sin.push(libm::sin(a) as f32);
+            let (c, s) = angle(p, j % half);
+            cos.push(c);
+            sin.push(s);
         }
     }
     let shape = vec![end - start, head_dim];
@@ -428,36 +462,6 @@ fn fixed_attention<O: Ops>(
     }
 }
 
-/// The rotary tables of positions `start..end` as Hugging Face computes
-/// them, in f32 ([`RopeTables::HfF32`]), with `libm`'s f32 functions: every
-/// backend but libtorch (which computes its own) uses these.
-pub(crate) fn rope_tables_f32(
-    theta: f64,
-    head_dim: usize,
-    start: usize,
-    end: usize,
-) -> (HostTensor, HostTensor) {
-    let half = head_dim / 2;
-    let theta = theta as f32;
-    let inv: Vec<f32> = (0..half)
-        .map(|i| 1.0 / libm::powf(theta, (2 * i) as f32 / head_dim as f32))
-        .collect();
-    let mut cos = Vec::with_capacity((end - start) * head_dim);
-    let mut sin = Vec::with_capacity((end - start) * head_dim);
-    for p in start..end {
-        for j in 0..head_dim {
-            let a = p as f32 * inv[j % half];
-            cos.push(libm::cosf(a));
-            sin.push(libm::sinf(a));
-        }
-    }
-    let shape = vec![end - start, head_dim];
-    (
-        HostTensor::new(shape.clone(), cos),
-        HostTensor::new(shape, sin),
-    )
-}
-
 /// The observed rows among positions `start..end`.
 fn picks_in(req: &RunRequest<'_>, start: usize, end: usize) -> Vec<Pick> {
     req.observed
@@ -581,15 +585,12 @@ pub(crate) fn run<O: Ops>(ops: &O, p: &Plan, req: &RunRequest<'_>) -> OpResult<C
                 Qkv::Fused => {
                     // GPT-2: `c_attn(x).split(dim, dim=2)`.
                     let y = lin(&layer.qkv[0], "qkv", &h)?;
-                    let mut parts = Vec::with_capacity(3);
-                    for (i, name) in ["q", "k", "v"].into_iter().enumerate() {
+                    let part = |i: usize, name: &'static str| -> OpResult<O::T> {
                         let part = ops.narrow(&y, 2, i * p.dim, p.dim)?;
                         taps.rows(ops, name, &part, &at)?;
-                        parts.push(part);
-                    }
-                    let v = parts.pop().expect("v");
-                    let k = parts.pop().expect("k");
-                    (parts.pop().expect("q"), k, v)
+                        Ok(part)
+                    };
+                    (part(0, "q")?, part(1, "k")?, part(2, "v")?)
                 }
             };
             drop(h);

@@ -69,7 +69,7 @@ pub(super) fn derived(v: &mut Validator<'_>, mut f: Fields, memory_limit: u64) -
     }
 
     // Strategies against the model: the backends' own rule.
-    let probe = g.model(
+    let probe = g.m.model(
         g.m.activations[0],
         g.m.norms[0],
         g.m.residuals[0],

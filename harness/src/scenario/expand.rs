@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use layerdrift_backends::{Activation, AttentionForm, DType, Execution, ModelSpec, Norm, Row};
+use layerdrift_backends::{DType, Execution, ModelSpec, Row};
 
 use super::Variant;
 use super::kind::ModelFields;
@@ -50,18 +50,6 @@ impl Grid {
         .fold(1usize, usize::saturating_mul)
     }
 
-    /// The model of one point of the grid.
-    pub(super) fn model(
-        &self,
-        activation: Activation,
-        norm: Norm,
-        residual: bool,
-        rope: bool,
-        attention: AttentionForm,
-    ) -> ModelSpec {
-        self.m.model(activation, norm, residual, rope, attention)
-    }
-
     /// Every distinct model of the grid (the axes the model depends on).
     pub(super) fn models(&self) -> Vec<ModelSpec> {
         let mut out = Vec::new();
@@ -70,7 +58,7 @@ impl Grid {
                 for &r in &self.m.residuals {
                     for &p in &self.m.ropes {
                         for &t in &self.m.attentions {
-                            out.push(self.model(a, n, r, p, t));
+                            out.push(self.m.model(a, n, r, p, t));
                         }
                     }
                 }
@@ -126,7 +114,7 @@ impl Grid {
                                             out.push(Variant {
                                                 label: label(&axes),
                                                 axes,
-                                                model: self.model(act, norm, residual, rope, att),
+                                                model: self.m.model(act, norm, residual, rope, att),
                                                 batch,
                                                 seq,
                                                 dtype,

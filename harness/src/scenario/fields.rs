@@ -66,7 +66,7 @@ pub(super) fn fields(
     // Input.
     let inp = raw.input;
     let vocab = model.kind.vocab();
-    let (mut batch_given, mut seq_given) = (inp.batch.is_some(), inp.seq.is_some());
+    let (batch_given, seq_given) = (inp.batch.is_some(), inp.seq.is_some());
     let (batches, seqs, input) = match (inp.tokens, vocab) {
         (Some(_), None) => {
             v.err(
@@ -106,11 +106,7 @@ pub(super) fn fields(
                     }
                     let path = v.relative(&f);
                     match read_token_file(&path, vocab) {
-                        Ok(t) => {
-                            batch_given = true;
-                            seq_given = true;
-                            (vec![t.batch], vec![t.seq], InputSource::TokenFile(path))
-                        }
+                        Ok(t) => (vec![t.batch], vec![t.seq], InputSource::TokenFile(path)),
                         Err(e) => {
                             v.err("input.tokens.file", e);
                             (vec![1], vec![1], InputSource::TokenFile(path))

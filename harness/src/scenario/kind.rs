@@ -263,21 +263,11 @@ pub(super) fn model_fields(v: &mut Validator<'_>, m: RawModel) -> ModelFields {
     let ropes = v.axis("model.rope", m.rope.unwrap_or(Axis(vec![false])));
     v.unique("model.residual", &residuals);
     v.unique("model.rope", &ropes);
-    let mut vocab = || {
-        let n = required(v, "model.vocab", m.vocab);
-        if m.vocab.is_none() {
-            v.err(
-                "model.kind",
-                "a language model needs `vocab:` (its vocabulary size)",
-            );
-        }
-        n
-    };
     let kind = match kind {
         RawKind::ResidualMlp => GridKind::Mlp,
         RawKind::Decoder => GridKind::Decoder,
         RawKind::Llama => {
-            let vocab = vocab();
+            let vocab = required(v, "model.vocab", m.vocab);
             let kv_heads = m.kv_heads.unwrap_or(heads);
             v.positive("model.kv_heads", kv_heads);
             if kv_heads > 0 && !heads.is_multiple_of(kv_heads) {
@@ -296,7 +286,7 @@ pub(super) fn model_fields(v: &mut Validator<'_>, m: RawModel) -> ModelFields {
             }
         }
         RawKind::Gpt2 => {
-            let vocab = vocab();
+            let vocab = required(v, "model.vocab", m.vocab);
             let positions = m.positions.unwrap_or(1024);
             v.positive("model.positions", positions);
             GridKind::Gpt2 { vocab, positions }
@@ -331,6 +321,8 @@ fn required(v: &mut Validator<'_>, path: &str, x: Option<usize>) -> usize {
     }
 }
 
+/// The fields of a model section that said nothing usable (its errors are
+/// already reported), and the defaults a checkpoint's spec does not use.
 fn fallback(attentions: Vec<AttentionForm>) -> ModelFields {
     ModelFields {
         kind: GridKind::Mlp,
@@ -397,17 +389,10 @@ fn checkpoint_fields(
         layers: model.layers(),
         dim: model.dim(),
         hidden: Some(model.hidden()),
-        heads: 1,
-        eps: 1e-5,
-        rope_theta: 10_000.0,
-        activations: vec![Activation::GeluErf],
-        norms: vec![Norm::LayerNorm],
-        residuals: vec![true],
-        ropes: vec![false],
-        attentions,
         kind: GridKind::Checkpoint {
             dir,
             model: Box::new(model),
         },
+        ..fallback(attentions)
     }
 }

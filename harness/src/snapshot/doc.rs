@@ -17,8 +17,18 @@ pub const LAYER_COLUMNS: &str = "layer: mean|Δ| max|Δ| rms|Δ| max_rel max_ulp
 
 /// One snapshot line for one layer.
 pub fn layer_line(layer: usize, d: &LayerDrift) -> String {
+    format!("{layer:>3}: {}", columns(d))
+}
+
+/// [`layer_line`] with a name instead of a layer number (`norm`, `logits`).
+fn named_line(name: &str, d: &LayerDrift) -> String {
+    format!("{name}: {}", columns(d))
+}
+
+/// The values of [`LAYER_COLUMNS`] after the layer field.
+fn columns(d: &LayerDrift) -> String {
     let mut s = format!(
-        "{layer:>3}: {} {} {} {} {} {:.1}%",
+        "{} {} {} {} {} {:.1}%",
         sig3(d.mean_abs),
         sig3(d.max_abs),
         sig3(d.rms),
@@ -30,13 +40,6 @@ pub fn layer_line(layer: usize, d: &LayerDrift) -> String {
         let _ = write!(s, " NON-FINITE {}", d.non_finite);
     }
     s
-}
-
-/// [`layer_line`] with a name instead of a layer number (`norm`, `logits`).
-fn named_line(name: &str, d: &LayerDrift) -> String {
-    let line = layer_line(0, d);
-    let rest = line.split_once(": ").map_or("", |(_, r)| r);
-    format!("{name}: {rest}")
 }
 
 /// A drift snapshot: one backend's comparisons in one scenario.
