@@ -63,6 +63,7 @@ impl DecoderSpec {
             heads: self.heads,
             kv_heads: self.heads,
             head_dim: self.head_dim(),
+            scale: 1.0 / (self.head_dim() as f64).sqrt(),
             hidden: self.hidden,
             norm: self.norm,
             eps: self.eps,

@@ -66,6 +66,7 @@ impl Gpt2Spec {
             heads: self.heads,
             kv_heads: self.heads,
             head_dim: self.head_dim(),
+            scale: (self.head_dim() as f64).powf(-0.5),
             hidden: self.hidden,
             norm: Norm::LayerNorm,
             eps: self.eps,

@@ -68,6 +68,7 @@ impl LlamaSpec {
             heads: self.heads,
             kv_heads: self.kv_heads,
             head_dim: self.head_dim,
+            scale: (self.head_dim as f64).powf(-0.5),
             hidden: self.hidden,
             norm: Norm::RmsNorm,
             eps: self.eps,

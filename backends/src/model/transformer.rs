@@ -95,6 +95,11 @@ pub(crate) struct Plan {
     /// Key/value heads (`heads` without grouped-query attention).
     pub(crate) kv_heads: usize,
     pub(crate) head_dim: usize,
+    /// The attention scale on `q·kᵀ`. Hugging Face multiplies by
+    /// `head_dim ** -0.5` (C's `pow`); layerdrift's own decoder by
+    /// `1 / sqrt(head_dim)`, which differs in the last bit at some widths
+    /// (128: …845 vs …843).
+    pub(crate) scale: f64,
     pub(crate) hidden: usize,
     pub(crate) norm: Norm,
     pub(crate) eps: f64,
@@ -501,7 +506,7 @@ pub(crate) fn run<O: Ops>(ops: &O, p: &Plan, req: &RunRequest<'_>) -> OpResult<C
     };
     let hd = p.head_dim;
     let rep = p.heads / p.kv_heads;
-    let scale = (hd as f64).powf(-0.5);
+    let scale = p.scale;
     let rows = req.observed.len();
     let mut out: Vec<Vec<Option<Vec<f64>>>> = vec![vec![None; rows]; p.layers];
 

@@ -27,7 +27,11 @@ pub(super) fn fields(
         .unwrap_or_else(|| "scenario".into());
 
     // Model.
+    let before = v.errors.len();
     let model = super::kind::model_fields(v, raw.model);
+    // Whether the model section passed: the input's fit to it (token ids
+    // or hidden states) is only checked against a model that did.
+    let model_ok = v.errors.len() == before;
     let decoder = model.kind.has_attention();
     let dtypes: Vec<DType> = v
         .axis("dtype", raw.dtype)
@@ -68,6 +72,9 @@ pub(super) fn fields(
     let vocab = model.kind.vocab();
     let (batch_given, seq_given) = (inp.batch.is_some(), inp.seq.is_some());
     let (batches, seqs, input) = match (inp.tokens, vocab) {
+        // An unusable model section: the token ids are checked on their own.
+        (Some(t), None) if !model_ok => token_fields(v, t, usize::MAX),
+        (None, Some(_)) if !model_ok => (vec![1], vec![1], InputSource::Seed(0)),
         (Some(_), None) => {
             v.err(
                 "input.tokens",
@@ -96,29 +103,7 @@ pub(super) fn fields(
                     );
                 }
             }
-            match t.file {
-                Some(f) => {
-                    if t.batch.is_some() || t.seq.is_some() {
-                        v.err(
-                            "input.tokens.file",
-                            "a token file sets batch and seq; remove `batch`/`seq`",
-                        );
-                    }
-                    let path = v.relative(&f);
-                    match read_token_file(&path, vocab) {
-                        Ok(t) => (vec![t.batch], vec![t.seq], InputSource::TokenFile(path)),
-                        Err(e) => {
-                            v.err("input.tokens.file", e);
-                            (vec![1], vec![1], InputSource::TokenFile(path))
-                        }
-                    }
-                }
-                None => (
-                    v.positive_axis("input.tokens.batch", t.batch),
-                    v.positive_axis("input.tokens.seq", t.seq),
-                    InputSource::Tokens(t.seed),
-                ),
-            }
+            token_fields(v, t, vocab)
         }
         (None, None) => {
             let batches = v.positive_axis("input.batch", inp.batch);
@@ -347,6 +332,38 @@ pub(super) fn tile_path(v: &Validator<'_>, i: usize) -> String {
     .into_iter()
     .find(|p| v.index.has(p))
     .unwrap_or_else(|| "execution".into())
+}
+
+/// `input.tokens`: ids from a file (checked below `vocab`) or drawn from a
+/// seed.
+fn token_fields(
+    v: &mut Validator<'_>,
+    t: super::raw::RawTokens,
+    vocab: usize,
+) -> (Vec<usize>, Vec<usize>, InputSource) {
+    match t.file {
+        Some(f) => {
+            if t.batch.is_some() || t.seq.is_some() {
+                v.err(
+                    "input.tokens.file",
+                    "a token file sets batch and seq; remove `batch`/`seq`",
+                );
+            }
+            let path = v.relative(&f);
+            match read_token_file(&path, vocab) {
+                Ok(t) => (vec![t.batch], vec![t.seq], InputSource::TokenFile(path)),
+                Err(e) => {
+                    v.err("input.tokens.file", e);
+                    (vec![1], vec![1], InputSource::TokenFile(path))
+                }
+            }
+        }
+        None => (
+            v.positive_axis("input.tokens.batch", t.batch),
+            v.positive_axis("input.tokens.seq", t.seq),
+            InputSource::Tokens(t.seed),
+        ),
+    }
 }
 
 /// Reads a token file: a JSON list of equally long lists of ids below

@@ -198,10 +198,14 @@ pub(super) fn model_fields(v: &mut Validator<'_>, m: RawModel) -> ModelFields {
     for (key, set, kinds) in only_for(&m) {
         if set && !kinds.contains(&kind) {
             let takes: Vec<&str> = kinds.iter().map(|k| kind_name(*k)).collect();
+            let why = match key {
+                "residual" => ": its blocks are always residual",
+                _ => "",
+            };
             v.err(
                 &format!("model.{key}"),
                 format!(
-                    "a `{}` has no `{key}` (only {} take it); remove it",
+                    "a `{}` has no `{key}` (only {} take it){why}; remove it",
                     kind_name(kind),
                     takes.join(", ")
                 ),
