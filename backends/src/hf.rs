@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 
 use crate::host::HostTensor;
 use crate::model::{Gpt2Spec, LlamaSpec, ModelSpec};
-use crate::weights::{Weights, WeightsError, read_safetensors_stored};
+use crate::weights::{
+    READABLE, Weights, WeightsError, check_shapes, read_safetensors_stored, safetensors_header,
+};
 
 /// What can go wrong reading a checkpoint folder.
 #[derive(Debug, thiserror::Error)]
@@ -124,23 +126,24 @@ impl Checkpoint {
     /// One line saying how the weights were read, e.g. `24 tensors (F32 18,
     /// BF16 6), widened to f32 on the host`.
     pub fn describe(&self) -> String {
-        let n: usize = self.stored.values().sum();
-        let parts: Vec<String> = self
-            .stored
-            .iter()
-            .map(|(d, c)| format!("{d} {c}"))
-            .collect();
-        let widened = self.stored.keys().any(|d| d != "F32");
-        format!(
-            "{n} tensors ({}){}",
-            parts.join(", "),
-            if widened {
-                ", widened exactly to f32 on the host"
-            } else {
-                ""
-            }
-        )
+        describe_stored(&self.stored)
     }
+}
+
+/// [`Checkpoint::describe`] of stored dtype counts (what [`inspect`] returns).
+pub fn describe_stored(stored: &BTreeMap<String, usize>) -> String {
+    let n: usize = stored.values().sum();
+    let parts: Vec<String> = stored.iter().map(|(d, c)| format!("{d} {c}")).collect();
+    let widened = stored.keys().any(|d| d != "F32");
+    format!(
+        "{n} tensors ({}){}",
+        parts.join(", "),
+        if widened {
+            ", widened exactly to f32 on the host"
+        } else {
+            ""
+        }
+    )
 }
 
 /// Reads `dir/config.json` into a model spec; with `layers`, only the
@@ -258,7 +261,69 @@ pub fn load(dir: &Path, layers: Option<usize>) -> Result<Checkpoint, HfError> {
     for f in weight_files(dir)? {
         all.extend(read_safetensors_stored(&f)?);
     }
-    // GPT2Model checkpoints name tensors without the `transformer.` prefix.
+    // A tied head saved anyway must equal the embedding, value for value.
+    let all = select(dir, &model, all, |lm, emb| lm.0 == emb.0)?;
+    let mut stored = BTreeMap::new();
+    let mut tensors = BTreeMap::new();
+    for (name, (t, dtype)) in all {
+        *stored.entry(dtype).or_insert(0) += 1;
+        tensors.insert(name, t);
+    }
+    let weights = Weights::from_tensors(&model, tensors, dir)?;
+    Ok(Checkpoint {
+        model,
+        weights,
+        stored,
+    })
+}
+
+/// What [`load`] would refuse, from `config.json` and the safetensors
+/// headers alone (no tensor data is read): the architecture, every name,
+/// dtype and shape. `validate` runs it; it returns the model and the stored
+/// dtypes' counts.
+pub fn inspect(
+    dir: &Path,
+    layers: Option<usize>,
+) -> Result<(ModelSpec, BTreeMap<String, usize>), HfError> {
+    let model = read_config(dir, layers)?;
+    let mut all: BTreeMap<String, (String, Vec<usize>)> = BTreeMap::new();
+    for f in weight_files(dir)? {
+        let header = safetensors_header(&f)?;
+        for (name, (dtype, _)) in &header {
+            if !READABLE.contains(&dtype.as_str()) {
+                return Err(WeightsError::DType {
+                    path: f.clone(),
+                    name: name.clone(),
+                    found: dtype.clone(),
+                }
+                .into());
+            }
+        }
+        all.extend(header);
+    }
+    // The header cannot tell a tied head's values: its shape must match
+    // (`load` compares the values).
+    let all = select(dir, &model, all, |lm, emb| lm.1 == emb.1)?;
+    let mut stored = BTreeMap::new();
+    let mut shapes = BTreeMap::new();
+    for (name, (dtype, shape)) in all {
+        *stored.entry(dtype).or_insert(0) += 1;
+        shapes.insert(name, shape);
+    }
+    check_shapes(&model, &shapes, dir)?;
+    Ok((model, stored))
+}
+
+/// The tensors of `all` that `model` uses, under its names (GPT2Model's
+/// unprefixed names get `transformer.`); buffers, blocks beyond `layers:`
+/// and a tied `lm_head.weight` (`same_as_embedding`) are dropped, anything
+/// else unused is an [`HfError::Unexpected`].
+fn select<T>(
+    dir: &Path,
+    model: &ModelSpec,
+    mut all: BTreeMap<String, T>,
+    same_as_embedding: impl Fn(&T, &T) -> bool,
+) -> Result<BTreeMap<String, T>, HfError> {
     if matches!(model, ModelSpec::Gpt2(_)) && !all.keys().any(|k| k.starts_with("transformer.")) {
         all = all
             .into_iter()
@@ -270,12 +335,10 @@ pub fn load(dir: &Path, layers: Option<usize>) -> Result<Checkpoint, HfError> {
     }
     let params: std::collections::BTreeSet<String> =
         model.parameters().into_iter().map(|p| p.name).collect();
-    // A tied model's `lm_head.weight` (where one was saved) must be its
-    // embedding: then it is the same parameter, skipped.
     let tied_to = model.plan().and_then(|p| p.head).map(|h| h.lm_head);
     let tied_head = match (all.get(LM_HEAD), tied_to) {
-        (Some((lm, _)), Some(emb)) if !params.contains(LM_HEAD) => {
-            all.get(emb).is_some_and(|(e, _)| e == lm)
+        (Some(lm), Some(emb)) if !params.contains(LM_HEAD) => {
+            all.get(emb).is_some_and(|e| same_as_embedding(lm, e))
         }
         _ => false,
     };
@@ -291,94 +354,16 @@ pub fn load(dir: &Path, layers: Option<usize>) -> Result<Checkpoint, HfError> {
         }
         false
     });
-    if let Some(first) = unexpected.first() {
-        return Err(HfError::Unexpected {
+    match unexpected.first() {
+        Some(first) => Err(HfError::Unexpected {
             dir: dir.into(),
             kind: model.kind(),
             first: first.clone(),
             count: unexpected.len(),
-        });
+        }),
+        None => Ok(all),
     }
-    let mut stored = BTreeMap::new();
-    let mut tensors = BTreeMap::new();
-    for (name, (t, dtype)) in all {
-        *stored.entry(dtype).or_insert(0) += 1;
-        tensors.insert(name, t);
-    }
-    let weights = Weights::from_tensors(&model, tensors, dir)?;
-    Ok(Checkpoint {
-        model,
-        weights,
-        stored,
-    })
 }
 
 /// The output projection's name where the head is not tied.
 const LM_HEAD: &str = "lm_head.weight";
-
-/// Each tensor's dtype and shape, read from the header of a safetensors
-/// file alone (cheap: what `validate` checks before anything is loaded).
-pub fn safetensors_header(
-    path: &Path,
-) -> Result<BTreeMap<String, (String, Vec<usize>)>, WeightsError> {
-    use std::io::Read;
-    let io = |source| WeightsError::Io {
-        path: path.into(),
-        source,
-    };
-    let format = |message: String| WeightsError::Format {
-        path: path.into(),
-        message,
-    };
-    let mut f = std::fs::File::open(path).map_err(io)?;
-    let len = f.metadata().map_err(io)?.len();
-    let mut n = [0u8; 8];
-    f.read_exact(&mut n)
-        .map_err(|_| format(format!("{len} bytes: too short for a safetensors header")))?;
-    let n = u64::from_le_bytes(n);
-    if n > 100_000_000 || 8 + n > len {
-        return Err(format(format!(
-            "the header claims {n} bytes but the file has {len} (truncated, or not safetensors)"
-        )));
-    }
-    let mut buf = vec![0u8; n as usize];
-    f.read_exact(&mut buf).map_err(io)?;
-    let v: serde_json::Value = serde_json::from_slice(&buf)
-        .map_err(|e| format(format!("the header is not valid JSON: {e}")))?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| format("the header is not a JSON object".into()))?;
-    let mut out = BTreeMap::new();
-    let mut end = 0u64;
-    for (name, t) in obj {
-        if name == "__metadata__" {
-            continue;
-        }
-        let dtype = t
-            .get("dtype")
-            .and_then(|d| d.as_str())
-            .ok_or_else(|| format(format!("tensor `{name}` has no dtype")))?;
-        let shape: Vec<usize> = t
-            .get("shape")
-            .and_then(|s| s.as_array())
-            .map(|s| {
-                s.iter()
-                    .filter_map(|d| d.as_u64().map(|d| d as usize))
-                    .collect()
-            })
-            .ok_or_else(|| format(format!("tensor `{name}` has no shape")))?;
-        if let Some(o) = t.get("data_offsets").and_then(|o| o.as_array())
-            && let Some(e) = o.get(1).and_then(|e| e.as_u64())
-        {
-            end = end.max(e);
-        }
-        out.insert(name.clone(), (dtype.to_string(), shape));
-    }
-    if 8 + n + end > len {
-        return Err(format(format!(
-            "the tensors end at byte {} but the file has {len} (truncated)",
-            8 + n + end
-        )));
-    }
-    Ok(out)
-}

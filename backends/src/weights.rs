@@ -57,6 +57,21 @@ pub enum WeightsError {
         /// What to change in the scenario, if we can tell.
         hint: String,
     },
+    /// Tensors the model does not have: a strict loader refuses them, as
+    /// `load_state_dict(strict=True)` does.
+    #[error(
+        "{path}: {count} tensor(s) the model does not have, e.g. `{first}`{hint}; a weights file must hold exactly the model's parameters"
+    )]
+    Unexpected {
+        /// The file.
+        path: PathBuf,
+        /// The first unexpected name.
+        first: String,
+        /// How many.
+        count: usize,
+        /// What to change in the scenario, if we can tell.
+        hint: String,
+    },
     /// A tensor has a dtype we cannot read exactly into f32.
     #[error(
         "{path}: tensor `{name}` is {found}; layerdrift reads F32 (or F16/BF16, widened exactly) — save it with `.float()`"
@@ -125,55 +140,51 @@ impl Weights {
 
     /// Builds weights from named arrays, checking every parameter the model
     /// needs is present with its shape (`path` names the source in errors).
+    /// Arrays the model does not use are dropped: callers that must refuse
+    /// them ([`Weights::load`], the checkpoint loader) check first.
     pub fn from_tensors(
         model: &ModelSpec,
         mut found: BTreeMap<String, HostTensor>,
         path: &Path,
     ) -> Result<Weights, WeightsError> {
-        let available = found.len();
-        let mut tensors = BTreeMap::new();
-        for p in model.parameters() {
-            let Some(t) = found.remove(&p.name) else {
-                let near: Vec<_> = found
-                    .keys()
-                    .filter(|k| k.ends_with(p.name.rsplit('.').next().unwrap_or("")))
-                    .take(3)
-                    .cloned()
-                    .collect();
-                let hint = if near.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (names like {near:?} — see the README's weight names)")
-                };
-                return Err(WeightsError::Missing {
-                    path: path.into(),
-                    name: p.name,
-                    expected: p.shape,
-                    available,
-                    hint,
-                });
-            };
-            if t.shape != p.shape {
-                let hint = shape_hint(model, &p.name, &t.shape);
-                return Err(WeightsError::Shape {
-                    path: path.into(),
-                    name: p.name,
-                    found: t.shape,
-                    expected: p.shape,
-                    hint,
-                });
-            }
-            tensors.insert(p.name, t);
-        }
+        let shapes: BTreeMap<String, Vec<usize>> = found
+            .iter()
+            .map(|(k, t)| (k.clone(), t.shape.clone()))
+            .collect();
+        check_shapes(model, &shapes, path)?;
+        let tensors = model
+            .parameters()
+            .into_iter()
+            .filter_map(|p| found.remove(&p.name).map(|t| (p.name, t)))
+            .collect();
         Ok(Weights { tensors })
     }
 
     /// Reads a model's parameters from a safetensors file (e.g. one written by
-    /// `safetensors.torch.save_file(model.state_dict(), path)`). Extra tensors
-    /// are ignored.
+    /// `safetensors.torch.save_file(model.state_dict(), path)`). Strict: a
+    /// missing, misshaped or unexpected tensor is an error naming it.
     pub fn load(model: &ModelSpec, path: &Path) -> Result<Weights, WeightsError> {
         let all = read_safetensors(path)?;
+        refuse_unexpected(model, all.keys(), path)?;
         Weights::from_tensors(model, all, path)
+    }
+
+    /// What [`Weights::load`] would refuse, from the file's header alone (no
+    /// tensor data is read): names, dtypes and shapes. `validate` runs it.
+    pub fn check_file(model: &ModelSpec, path: &Path) -> Result<(), WeightsError> {
+        let header = safetensors_header(path)?;
+        for (name, (dtype, _)) in &header {
+            if !READABLE.contains(&dtype.as_str()) {
+                return Err(WeightsError::DType {
+                    path: path.into(),
+                    name: name.clone(),
+                    found: dtype.clone(),
+                });
+            }
+        }
+        refuse_unexpected(model, header.keys(), path)?;
+        let shapes = header.into_iter().map(|(k, (_, s))| (k, s)).collect();
+        check_shapes(model, &shapes, path)
     }
 
     /// The parameter `name`.
@@ -192,6 +203,81 @@ impl Weights {
     }
 }
 
+/// The stored dtypes read into f32 exactly.
+pub(crate) const READABLE: &[&str] = &["F32", "F16", "BF16"];
+
+/// Every parameter of `model` is in `found` with its shape.
+pub(crate) fn check_shapes(
+    model: &ModelSpec,
+    found: &BTreeMap<String, Vec<usize>>,
+    path: &Path,
+) -> Result<(), WeightsError> {
+    for p in model.parameters() {
+        let Some(shape) = found.get(&p.name) else {
+            let near: Vec<_> = found
+                .keys()
+                .filter(|k| k.ends_with(p.name.rsplit('.').next().unwrap_or("")))
+                .take(3)
+                .cloned()
+                .collect();
+            let hint = if near.is_empty() {
+                String::new()
+            } else {
+                format!(" (names like {near:?} — see docs/scenario-reference.md, \"Weight names\")")
+            };
+            return Err(WeightsError::Missing {
+                path: path.into(),
+                name: p.name,
+                expected: p.shape,
+                available: found.len(),
+                hint,
+            });
+        };
+        if *shape != p.shape {
+            let hint = shape_hint(model, &p.name, shape);
+            return Err(WeightsError::Shape {
+                path: path.into(),
+                name: p.name,
+                found: shape.clone(),
+                expected: p.shape,
+                hint,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// No name in `names` is outside `model`'s parameters.
+fn refuse_unexpected<'a>(
+    model: &ModelSpec,
+    names: impl Iterator<Item = &'a String>,
+    path: &Path,
+) -> Result<(), WeightsError> {
+    let params: std::collections::BTreeSet<String> =
+        model.parameters().into_iter().map(|p| p.name).collect();
+    let extra: Vec<&String> = names.filter(|n| !params.contains(*n)).collect();
+    let Some(first) = extra.first() else {
+        return Ok(());
+    };
+    let layer = first
+        .strip_prefix("layers.")
+        .and_then(|r| r.split('.').next())
+        .and_then(|l| l.parse::<usize>().ok());
+    let hint = match layer {
+        Some(l) if l >= model.layers() => format!(
+            " (the file has more layers than `model.layers: {}`: set it to the file's count)",
+            model.layers()
+        ),
+        _ => String::new(),
+    };
+    Err(WeightsError::Unexpected {
+        path: path.into(),
+        first: (*first).clone(),
+        count: extra.len(),
+        hint,
+    })
+}
+
 fn shape_hint(model: &ModelSpec, name: &str, found: &[usize]) -> String {
     let dim = model.dim();
     if (name.ends_with("linear1.weight") || name.ends_with("fc1.weight"))
@@ -208,6 +294,88 @@ fn shape_hint(model: &ModelSpec, name: &str, found: &[usize]) -> String {
         return format!(" — the file looks like dim: {d}; set it in the scenario's model");
     }
     String::new()
+}
+
+/// Each tensor's dtype and shape, read from the header of a safetensors
+/// file alone (cheap: what `validate` checks before anything is loaded).
+pub fn safetensors_header(
+    path: &Path,
+) -> Result<BTreeMap<String, (String, Vec<usize>)>, WeightsError> {
+    use std::io::Read;
+    let io = |source| WeightsError::Io {
+        path: path.into(),
+        source,
+    };
+    let format = |message: String| WeightsError::Format {
+        path: path.into(),
+        message,
+    };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let meta = f.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(io(not_a_file(&meta)));
+    }
+    let len = meta.len();
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n)
+        .map_err(|_| format(format!("{len} bytes: too short for a safetensors header")))?;
+    let n = u64::from_le_bytes(n);
+    if n > 100_000_000 || 8 + n > len {
+        return Err(format(format!(
+            "the header claims {n} bytes but the file has {len} (truncated, or not safetensors)"
+        )));
+    }
+    let mut buf = vec![0u8; n as usize];
+    f.read_exact(&mut buf).map_err(io)?;
+    let v: serde_json::Value = serde_json::from_slice(&buf)
+        .map_err(|e| format(format!("the header is not valid JSON: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| format("the header is not a JSON object".into()))?;
+    let mut out = BTreeMap::new();
+    let mut end = 0u64;
+    for (name, t) in obj {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = t
+            .get("dtype")
+            .and_then(|d| d.as_str())
+            .ok_or_else(|| format(format!("tensor `{name}` has no dtype")))?;
+        let shape: Vec<usize> = t
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .map(|s| {
+                s.iter()
+                    .filter_map(|d| d.as_u64().map(|d| d as usize))
+                    .collect()
+            })
+            .ok_or_else(|| format(format!("tensor `{name}` has no shape")))?;
+        if let Some(o) = t.get("data_offsets").and_then(|o| o.as_array())
+            && let Some(e) = o.get(1).and_then(|e| e.as_u64())
+        {
+            end = end.max(e);
+        }
+        out.insert(name.clone(), (dtype.to_string(), shape));
+    }
+    if 8 + n + end > len {
+        return Err(format(format!(
+            "the tensors end at byte {} but the file has {len} (truncated)",
+            8 + n + end
+        )));
+    }
+    Ok(out)
+}
+
+/// Why a path that is not a regular file is not read (a directory, or a
+/// device like `/dev/zero` or a pipe that would fail late or never end).
+fn not_a_file(meta: &std::fs::Metadata) -> std::io::Error {
+    let what = if meta.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file (a device, pipe or socket)"
+    };
+    std::io::Error::other(format!("{what}: give the path of a .safetensors file"))
 }
 
 /// Reads every tensor of a safetensors file as f32 (F16 and BF16 widen exactly).
@@ -232,14 +400,7 @@ pub(crate) fn read_safetensors_stored(
     // end: only regular files are read.
     let meta = std::fs::metadata(path).map_err(io)?;
     if !meta.is_file() {
-        let what = if meta.is_dir() {
-            "a directory"
-        } else {
-            "not a regular file (a device, pipe or socket)"
-        };
-        return Err(io(std::io::Error::other(format!(
-            "{what}: give the path of a .safetensors file"
-        ))));
+        return Err(io(not_a_file(&meta)));
     }
     let bytes = std::fs::read(path).map_err(io)?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| WeightsError::Format {
@@ -355,10 +516,32 @@ mod tests {
         write_safetensors(&p, &all).unwrap();
         assert_eq!(Weights::load(&mlp(2), &p).unwrap(), w);
 
-        // Missing tensor: a 3-layer model from a 2-layer file.
+        Weights::check_file(&mlp(2), &p).unwrap();
+
+        // Missing tensor: a 3-layer model from a 2-layer file; the header
+        // check says the same as the loader.
         let e = Weights::load(&mlp(3), &p).unwrap_err().to_string();
         assert!(e.contains("missing tensor `layers.2.norm1.weight`"), "{e}");
         assert!(e.contains("[8]"), "{e}");
+        assert_eq!(Weights::check_file(&mlp(3), &p).unwrap_err().to_string(), e);
+
+        // Unexpected tensors: a 1-layer model from a 2-layer file is refused
+        // (strict), with the fix.
+        let e = Weights::load(&mlp(1), &p).unwrap_err().to_string();
+        assert!(
+            e.contains("tensor(s) the model does not have, e.g. `layers.1.")
+                && e.contains("set it to the file's count"),
+            "{e}"
+        );
+        assert_eq!(Weights::check_file(&mlp(1), &p).unwrap_err().to_string(), e);
+        let mut extra = all.clone();
+        extra.insert("step".into(), HostTensor::full(vec![1], 0.0));
+        write_safetensors(&p, &extra).unwrap();
+        let e = Weights::load(&mlp(2), &p).unwrap_err().to_string();
+        assert!(
+            e.contains("1 tensor(s) the model does not have, e.g. `step`"),
+            "{e}"
+        );
 
         // Wrong shape, with the scenario fix.
         let mut bad = all.clone();
@@ -372,6 +555,14 @@ mod tests {
             e.contains("shape [16, 8]") && e.contains("hidden: 16"),
             "{e}"
         );
+        assert_eq!(Weights::check_file(&mlp(2), &p).unwrap_err().to_string(), e);
+
+        // Truncated: the header promises more bytes than the file has.
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() - 4]).unwrap();
+        let e = Weights::check_file(&mlp(2), &p).unwrap_err().to_string();
+        assert!(e.contains("truncated"), "{e}");
+        assert!(Weights::load(&mlp(2), &p).is_err());
 
         // Not a safetensors file.
         std::fs::write(&p, b"hello").unwrap();

@@ -84,6 +84,8 @@ fn a_llama_folder_loads_with_its_config_and_names() {
         &all["model.layers.1.self_attn.k_proj.weight"]
     );
     assert_eq!(c.stored.get("F32"), Some(&all.len()));
+    let (model, stored) = hf::inspect(&d, None).unwrap();
+    assert_eq!((model, stored), (c.model.clone(), c.stored.clone()));
     // `layers: 1` keeps the first block and skips the second's tensors.
     let one = hf::load(&d, Some(1)).unwrap();
     assert_eq!(one.model.layers(), 1);
@@ -151,7 +153,14 @@ fn a_sharded_folder_loads_like_a_single_file() {
 
 #[test]
 fn bad_folders_are_refused_by_name() {
-    let err = |d: &Path| hf::load(d, None).unwrap_err().to_string();
+    // What the loader refuses, `validate`'s header check (`hf::inspect`)
+    // refuses with the same words, before reading any tensor.
+    let err = |d: &Path| {
+        let e = hf::load(d, None).unwrap_err().to_string();
+        let i = hf::inspect(d, None).unwrap_err().to_string();
+        assert_eq!(i, e, "the header check and the loader disagree");
+        e
+    };
     // An architecture layerdrift does not know.
     let d = tmp("arch");
     std::fs::write(
@@ -209,13 +218,12 @@ fn bad_folders_are_refused_by_name() {
     write(&d.join("model.safetensors"), &all, Dtype::F32);
     let bytes = std::fs::read(d.join("model.safetensors")).unwrap();
     std::fs::write(d.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
-    let e = err(&d);
+    let e = hf::load(&d, None).unwrap_err().to_string();
     assert!(e.contains("model.safetensors"), "{e}");
+    let e = hf::inspect(&d, None).unwrap_err().to_string();
     assert!(
-        hf::safetensors_header(&d.join("model.safetensors"))
-            .unwrap_err()
-            .to_string()
-            .contains("truncated")
+        e.contains("model.safetensors") && e.contains("truncated"),
+        "{e}"
     );
 }
 

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{available, fingerprint, max_abs, mlp_sized, run_exec};
+use common::{available, fingerprint, gpt2, llama, max_abs, mlp_sized, run_exec};
 use layerdrift_backends::reference::Reference;
 use layerdrift_backends::{
     Activation, AttentionForm, DecoderSpec, Execution, ModelSpec, Norm, Schedule,
@@ -84,18 +84,26 @@ fn residual_mlp_full_equals_rows_bitwise() {
     only_odd_tiles_refused(&refused);
 }
 
+/// Every attention model kind: layerdrift's decoder, a Llama (grouped-query
+/// attention, SwiGLU, untied head) and a GPT-2 (fused QKV, Conv1D, learned
+/// positions, tied head).
 #[test]
-fn decoder_full_equals_cache_and_chunks_bitwise() {
+fn decoders_full_equal_cache_and_chunks_bitwise() {
     let (batch, seq) = (2, 12);
     let std = Execution::Standard;
     let mut failed = Vec::new();
     let mut refused = Vec::new();
-    for att in [AttentionForm::Manual, AttentionForm::Fused] {
-        let m = decoder(att);
+    let kinds: [fn(AttentionForm) -> ModelSpec; 3] = [decoder, llama, gpt2];
+    for (kind, att) in kinds.iter().flat_map(|k| {
+        [AttentionForm::Manual, AttentionForm::Fused]
+            .into_iter()
+            .map(move |a| (k, a))
+    }) {
+        let m = kind(att);
         let truth = run_exec(&Reference, &m, &Schedule::Full, batch, seq, std).unwrap();
         for b in available() {
             for &mode in MODES {
-                let id = format!("{} {} {att:?}", b.id(), mode.name());
+                let id = format!("{} {} {} {att:?}", b.id(), m.kind(), mode.name());
                 let full = match run_exec(b.as_ref(), &m, &Schedule::Full, batch, seq, mode) {
                     Ok(c) => c,
                     // Fused attention may be declined, and a tile the

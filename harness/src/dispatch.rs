@@ -466,6 +466,67 @@ mod tests {
         assert_eq!(rows_text(&[1, 2, 4, 8]), "1–2, 4, 8");
     }
 
+    /// A Llama's map probes its grouped-query K/V width, both SwiGLU widths
+    /// and the LM head, with RMSNorm; a GPT-2's its fused QKV and head, with
+    /// LayerNorm and no erf GELU (its `gelu_new` is elementwise tanh).
+    #[test]
+    fn llama_and_gpt2_shapes_follow_their_plans() {
+        use layerdrift_backends::{Gpt2Spec, LlamaSpec};
+        let llama = ModelSpec::Llama(LlamaSpec {
+            layers: 2,
+            dim: 64,
+            heads: 8,
+            kv_heads: 2,
+            head_dim: 8,
+            hidden: 160,
+            vocab: 512,
+            eps: 1e-6,
+            rope_theta: 1e4,
+            tie_embeddings: false,
+            attention_bias: false,
+            attention: AttentionForm::Manual,
+        });
+        let labels = |m: &ModelSpec| -> Vec<String> {
+            shapes_of_model(m, 40).iter().map(Shape::label).collect()
+        };
+        assert_eq!(
+            labels(&llama),
+            [
+                "rms_norm 64",
+                "linear 64→64",
+                "linear 64→16",
+                "linear 64→160",
+                "linear 160→64",
+                "linear 64→512",
+                "softmax 40",
+                "attention 8×8 over 40 keys",
+            ]
+        );
+        let gpt2 = ModelSpec::Gpt2(Gpt2Spec {
+            layers: 2,
+            dim: 48,
+            heads: 4,
+            hidden: 192,
+            vocab: 300,
+            positions: 64,
+            eps: 1e-5,
+            activation: Activation::GeluNew,
+            attention: AttentionForm::Fused,
+        });
+        assert_eq!(
+            labels(&gpt2),
+            [
+                "layer_norm 48",
+                "linear 48→144",
+                "linear 48→48",
+                "linear 48→192",
+                "linear 192→48",
+                "linear 48→300",
+                "fused_attention 4×12 over 40 keys",
+            ]
+        );
+    }
+
     #[test]
     fn a_probe_too_large_for_memory_is_refused_naming_the_shape() {
         let s = Shape {

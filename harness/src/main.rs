@@ -392,6 +392,7 @@ fn header(s: &Scenario, file: &Path) {
     }
     let labels: Vec<&str> = s.variants.iter().map(|v| v.label.as_str()).collect();
     println!("  {} variant(s): {}", s.variants.len(), labels.join("  "));
+    println!("  weights: {}", s.weights.describe());
     let strategies: Vec<String> = s.strategies.iter().map(|x| x.describe()).collect();
     println!("  strategies: {}", strategies.join("; "));
 }

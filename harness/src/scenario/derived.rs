@@ -256,10 +256,11 @@ pub(super) fn derived(v: &mut Validator<'_>, mut f: Fields, memory_limit: u64) -
         return None;
     }
 
-    // A weights file must fit every model of the grid.
+    // A weights file must fit every model of the grid, exactly (checked
+    // from its header: names, dtypes, shapes).
     if let WeightSource::File(path) = &f.weights {
         for model in g.models() {
-            if let Err(e) = Weights::load(&model, path) {
+            if let Err(e) = Weights::check_file(&model, path) {
                 v.err("weights.file", e.to_string());
                 break;
             }

@@ -376,8 +376,10 @@ fn checkpoint_fields(
     if let Some(n) = m.layers {
         v.positive("model.layers", n);
     }
-    let model = match layerdrift_backends::hf::read_config(&dir, m.layers) {
-        Ok(model) => model,
+    // The headers too (names, dtypes, shapes): what loading would refuse is
+    // refused here, before any tensor is read.
+    let model = match layerdrift_backends::hf::inspect(&dir, m.layers) {
+        Ok((model, _)) => model,
         Err(e) => {
             let at = if matches!(e, layerdrift_backends::hf::HfError::Config { ref message, .. } if message.contains("`layers:"))
             {

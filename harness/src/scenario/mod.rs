@@ -181,6 +181,27 @@ pub enum WeightSource {
     },
 }
 
+impl WeightSource {
+    /// One line for a run's header: where the weights come from and, for a
+    /// checkpoint, the dtypes it stored and how they were read (from the
+    /// safetensors headers, cheap).
+    pub fn describe(&self) -> String {
+        match self {
+            WeightSource::Init { seed, std } => {
+                format!("generated on the host (seed {seed}, linears ~ N(0, {std}²))")
+            }
+            WeightSource::File(path) => format!("{}", path.display()),
+            WeightSource::Checkpoint { dir, layers } => {
+                let read = match layerdrift_backends::hf::inspect(dir, Some(*layers)) {
+                    Ok((_, stored)) => layerdrift_backends::hf::describe_stored(&stored),
+                    Err(e) => format!("unreadable: {e}"),
+                };
+                format!("checkpoint {}, {layers} block(s): {read}", dir.display())
+            }
+        }
+    }
+}
+
 /// Where the input comes from.
 #[derive(Clone, Debug, PartialEq)]
 pub enum InputSource {
