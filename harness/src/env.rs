@@ -31,7 +31,7 @@ pub const VARS: &[Var] = &[
     },
     Var {
         name: "LAYERDRIFT_SLOW",
-        effect: "`1`: run `slow: true` scenarios in debug builds too (`0` or unset: only in release builds)",
+        effect: "`1`: run `slow: true` scenarios in debug builds too (`0` or unset: only in release builds); `manual`: the `slow: manual` full-size ones too",
     },
     Var {
         name: "LAYERDRIFT_RECORD",
@@ -84,6 +84,8 @@ pub struct Env {
     pub scenarios: PathBuf,
     /// Run slow scenarios in debug builds.
     pub slow: bool,
+    /// Run `slow: manual` (full-size) scenarios too.
+    pub manual: bool,
     /// Let snapshot trials record on an unrecorded class.
     pub record: bool,
     /// Band snapshots against other classes even where this one is recorded.
@@ -150,7 +152,10 @@ fn parse() -> (Env, Vec<String>) {
     let scenarios = std::env::var_os("LAYERDRIFT_SCENARIOS")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("scenarios"));
-    let slow = flag("LAYERDRIFT_SLOW", &mut problems);
+    let (slow, manual) = match std::env::var("LAYERDRIFT_SLOW").as_deref() {
+        Ok("manual") => (true, true),
+        _ => (flag("LAYERDRIFT_SLOW", &mut problems), false),
+    };
     let record = flag("LAYERDRIFT_RECORD", &mut problems);
     let band = flag("LAYERDRIFT_BAND", &mut problems);
     let devices = match std::env::var("LAYERDRIFT_DEVICES") {
@@ -188,6 +193,7 @@ fn parse() -> (Env, Vec<String>) {
             root,
             scenarios,
             slow,
+            manual,
             record,
             band,
             devices,

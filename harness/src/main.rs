@@ -337,7 +337,11 @@ fn list() -> Result<ExitCode> {
                 "  {:<28} {} variant(s){} — {}",
                 s.name,
                 s.variants.len(),
-                if s.slow { ", slow" } else { "" },
+                match s.slow {
+                    layerdrift::scenario::Cost::Everyday => "",
+                    layerdrift::scenario::Cost::Slow => ", slow",
+                    layerdrift::scenario::Cost::Manual => ", manual (full-size)",
+                },
                 s.description.lines().next().unwrap_or("")
             ),
             Err(e) => println!("  {:<28} INVALID: {}", f.display(), e.0[0]),

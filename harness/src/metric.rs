@@ -67,6 +67,36 @@ impl Metric {
         }
     }
 
+    /// Its column in a snapshot's layer lines (the `columns:` header).
+    pub const fn column(self) -> &'static str {
+        match self {
+            Metric::MeanAbs => "mean|Δ|",
+            Metric::MaxAbs => "max|Δ|",
+            Metric::Rms => "rms|Δ|",
+            Metric::MaxRel => "max_rel",
+            Metric::MaxUlps => "max_ulps",
+            Metric::Equal => "equal%",
+        }
+    }
+
+    /// The metric of snapshot column `s`, if it is one.
+    pub fn from_column(s: &str) -> Option<Metric> {
+        Metric::ALL.into_iter().find(|m| m.column() == s)
+    }
+
+    /// Its position in [`Metric::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// A value as [`Metric::format_value`] wrote it (`0.5%` → 0.005).
+    pub fn parse_value(self, s: &str) -> Option<f64> {
+        match self {
+            Metric::Equal => s.strip_suffix('%')?.parse::<f64>().ok().map(|p| p / 100.0),
+            _ => s.parse().ok(),
+        }
+    }
+
     /// Whether its bound is a floor (a share that must stay high) rather
     /// than a ceiling.
     pub const fn is_floor(self) -> bool {

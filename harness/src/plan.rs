@@ -10,7 +10,7 @@ use layerdrift_backends::BackendId;
 use crate::class::{Mode, class_of, mode, own_name};
 use crate::engine::{Comparison, comparisons};
 use crate::env::env;
-use crate::scenario::Scenario;
+use crate::scenario::{Cost, Scenario};
 use crate::session::Session;
 
 /// What a trial does.
@@ -57,10 +57,18 @@ fn ignore_reason(s: &Scenario, session: &Session, c: &Comparison) -> Option<Stri
 
 /// Why a slow scenario does not run in this build, if it does not.
 pub fn slow_reason(s: &Scenario) -> Option<String> {
-    let slow_ok = !cfg!(debug_assertions) || env().slow;
-    (s.slow && !slow_ok).then(|| {
-        "slow scenario (`slow: true`): runs in release builds (`cargo test --release`) or with LAYERDRIFT_SLOW=1".to_string()
-    })
+    match s.slow {
+        Cost::Everyday => None,
+        Cost::Slow => (cfg!(debug_assertions) && !env().slow).then(|| {
+            "slow scenario (`slow: true`): runs in release builds (`cargo test --release`) or with LAYERDRIFT_SLOW=1".to_string()
+        }),
+        Cost::Manual => (!env().manual).then(|| {
+            format!(
+                "full-size scenario (`slow: manual`): run it with `layerdrift run scenarios/{}.yaml`, or in the suite with LAYERDRIFT_SLOW=manual",
+                s.name
+            )
+        }),
+    }
 }
 
 /// Every trial of a scenario, sorted by name.

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use layerdrift_backends::DType;
 
 use crate::baseline::{self, Baseline};
-use crate::metric::sig3;
+use crate::metric::{Metric, sig3};
 use crate::metrics::DriftProfile;
 use crate::plot::{Panel, Series, svg};
 use crate::snapshot::band::{self, Line};
@@ -53,7 +53,8 @@ pub fn load_profiles(path: &Path) -> Result<Vec<Profile>, String> {
         return load_json(path);
     }
     let mut out = Vec::new();
-    for c in band::read(path)? {
+    let (columns, comparisons) = band::read(path)?;
+    for c in comparisons {
         for v in c.variants {
             if v.skipped.is_some() {
                 continue;
@@ -62,7 +63,7 @@ pub fn load_profiles(path: &Path) -> Result<Vec<Profile>, String> {
                 .layers
                 .iter()
                 .map(|l| {
-                    band::parse_line(l)
+                    band::parse_line(l, &columns)
                         .ok_or_else(|| format!("{}: cannot read layer line `{l}`", path.display()))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -109,12 +110,16 @@ fn load_json(path: &Path) -> Result<Vec<Profile>, String> {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|l| Line {
-                    mean: num(l, "mean_abs"),
-                    max: num(l, "max_abs"),
-                    rms: num(l, "rms"),
-                    equal: 100.0 * num(l, "equal_share"),
-                    non_finite: l["non_finite"].as_u64().unwrap_or(0) > 0,
+                .map(|l| {
+                    Line::new(
+                        &[
+                            (Metric::MeanAbs, num(l, "mean_abs")),
+                            (Metric::MaxAbs, num(l, "max_abs")),
+                            (Metric::Rms, num(l, "rms")),
+                            (Metric::Equal, num(l, "equal_share")),
+                        ],
+                        l["non_finite"].as_u64().unwrap_or(0) > 0,
+                    )
                 })
                 .collect();
             let fd = &p["first_divergence"];
@@ -229,9 +234,9 @@ pub fn review(title: &str, old: &[Profile], new: &[Profile], tolerance: f64) -> 
         }
         for (i, (a, b)) in o.layers.iter().zip(&n.layers).enumerate() {
             for (metric, x, y) in [
-                ("mean|Δ|", a.mean, b.mean),
-                ("max|Δ|", a.max, b.max),
-                ("rms|Δ|", a.rms, b.rms),
+                ("mean|Δ|", a.mean(), b.mean()),
+                ("max|Δ|", a.max(), b.max()),
+                ("rms|Δ|", a.rms(), b.rms()),
             ] {
                 let r = rel(x, y);
                 if r > 0.0 {
@@ -247,20 +252,20 @@ pub fn review(title: &str, old: &[Profile], new: &[Profile], tolerance: f64) -> 
                     ));
                 }
             }
-            if a.equal != b.equal {
+            if a.equal() != b.equal() {
                 // From or to bitwise equality is the largest move there is.
-                let r = if a.equal == 100.0 || b.equal == 100.0 {
+                let r = if a.equal() == 1.0 || b.equal() == 1.0 {
                     f64::INFINITY
                 } else {
-                    rel(a.equal, b.equal)
+                    rel(a.equal(), b.equal())
                 };
                 moves.push((
                     r,
                     format!(
                         "{k} layer {}: bitwise-equal share {:.1}% → {:.1}%",
                         i + 1,
-                        a.equal,
-                        b.equal
+                        100.0 * a.equal(),
+                        100.0 * b.equal()
                     ),
                 ));
             }
@@ -283,18 +288,18 @@ pub fn review(title: &str, old: &[Profile], new: &[Profile], tolerance: f64) -> 
         }
         if n.is_vs_oracle()
             && let (Some(a), Some(b)) = (o.layers.last(), n.layers.last())
-            && a.mean != b.mean
+            && a.mean() != b.mean()
         {
-            let word = if b.mean < a.mean {
+            let word = if b.mean() < a.mean() {
                 "nearer"
             } else {
                 "further from"
             };
             details.push(format!(
                 "{k}: {word} the oracle at the last layer (mean|Δ| {} → {}, {})",
-                sig3(a.mean),
-                sig3(b.mean),
-                pct(a.mean, b.mean)
+                sig3(a.mean()),
+                sig3(b.mean()),
+                pct(a.mean(), b.mean())
             ));
         }
     }
@@ -365,12 +370,12 @@ fn overlays(title: &str, old: &[Profile], new: &[Profile]) -> Vec<(String, Strin
                     series.push(Series {
                         dashed: true,
                         color: Some(0),
-                        ..Series::new("old", o.layers.iter().map(|l| l.mean).collect())
+                        ..Series::new("old", o.layers.iter().map(Line::mean).collect())
                     });
                 }
                 series.push(Series {
                     color: Some(0),
-                    ..Series::new("new", n.layers.iter().map(|l| l.mean).collect())
+                    ..Series::new("new", n.layers.iter().map(Line::mean).collect())
                 });
                 Panel {
                     title: n.variant.clone(),

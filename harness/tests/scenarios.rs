@@ -55,10 +55,7 @@ fn check_snapshot<T: Serialize>(
         Mode::Banded(against) => {
             let mut recorded = Vec::new();
             for (class, path) in &against {
-                recorded.push(Recorded {
-                    class: class.clone(),
-                    comparisons: band::read(path)?,
-                });
+                recorded.push(Recorded::read(class, path)?);
             }
             let classes: Vec<&str> = recorded.iter().map(|r| r.class.as_str()).collect();
             band::check(comparisons, &recorded).map_err(|e| {
@@ -266,9 +263,14 @@ fn dispatch_trial(id: BackendId) -> Result<(), Failed> {
             .into());
         }
     };
+    // The scenarios `cargo test` runs: a full-size (`slow: manual`) one's
+    // widths are probed by `layerdrift probe` when asked, not here.
     let mut scenarios = Vec::new();
     for f in scenario_files(&scenario_dir())? {
-        scenarios.push(session().load(&f).map_err(|e| e.to_string())?);
+        let s = session().load(&f).map_err(|e| e.to_string())?;
+        if s.slow != layerdrift::scenario::Cost::Manual {
+            scenarios.push(s);
+        }
     }
     let shapes = dispatch::shapes_of(&scenarios, 3072);
     let rows = dispatch::default_rows();
@@ -402,10 +404,7 @@ fn selftest_band_catches_a_wrong_model() -> Result<(), Failed> {
     }
     let mut recorded = Vec::new();
     for (class, p) in &against {
-        recorded.push(Recorded {
-            class: class.clone(),
-            comparisons: band::read(p)?,
-        });
+        recorded.push(Recorded::read(class, p)?);
     }
     let (_, ok) = own_doc(&right, id)?;
     band::check(&ok.comparisons, &recorded)

@@ -6,10 +6,10 @@ use super::error::hint;
 use super::expand::Grid;
 use super::kind::GridKind;
 use super::raw::{
-    FIXED_SHAPE_TILE, RawExecution, RawObserve, RawScenario, RawStrategy, STRATEGIES,
+    FIXED_SHAPE_TILE, RawExecution, RawObserve, RawScenario, RawSlow, RawStrategy, STRATEGIES,
 };
 use super::validate::{Fields, Validator, dtype_of};
-use super::{InputSource, Strategy, StrategyKind, WeightSource};
+use super::{Cost, InputSource, Strategy, StrategyKind, WeightSource};
 
 /// Most intra-op threads a scenario may pin.
 const MAX_THREADS: usize = 1024;
@@ -295,6 +295,18 @@ pub(super) fn fields(
         }),
         local: raw.diagnose.local,
     };
+    let slow = match raw.slow {
+        None | Some(RawSlow::Flag(false)) => Cost::Everyday,
+        Some(RawSlow::Flag(true)) => Cost::Slow,
+        Some(RawSlow::Word(w)) if w == "manual" => Cost::Manual,
+        Some(RawSlow::Word(w)) => {
+            v.err(
+                "slow",
+                format!("`{w}`: give `true` (minutes), `false` (seconds) or `manual` (full-size)"),
+            );
+            Cost::Everyday
+        }
+    };
     Some(Fields {
         diagnose,
         name,
@@ -316,7 +328,7 @@ pub(super) fn fields(
         backends,
         devices,
         threads: raw.threads,
-        slow: raw.slow,
+        slow,
     })
 }
 

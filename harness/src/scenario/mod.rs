@@ -181,6 +181,31 @@ pub enum WeightSource {
     },
 }
 
+/// How heavy a scenario is (`slow:`), and so when `cargo test` runs it;
+/// `layerdrift run` runs every scenario it is given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cost {
+    /// Seconds: every `cargo test` (`slow: false`, the default).
+    Everyday,
+    /// Minutes: release builds, or debug builds with `LAYERDRIFT_SLOW=1`
+    /// (`slow: true`; CI runs them).
+    Slow,
+    /// Full-size models that take many minutes on a small machine: only
+    /// with `LAYERDRIFT_SLOW=manual` (`slow: manual`; CI does not).
+    Manual,
+}
+
+impl Cost {
+    /// The YAML value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cost::Everyday => "false",
+            Cost::Slow => "true",
+            Cost::Manual => "manual",
+        }
+    }
+}
+
 impl WeightSource {
     /// One line for a run's header: where the weights come from and, for a
     /// checkpoint, the dtypes it stored and how they were read (from the
@@ -241,8 +266,8 @@ pub struct Scenario {
     pub devices: Vec<DeviceKind>,
     /// Intra-op threads for libraries that let a caller fix them.
     pub threads: Option<usize>,
-    /// Slow: in debug builds its trials are ignored unless `LAYERDRIFT_SLOW=1`.
-    pub slow: bool,
+    /// How heavy its trials are, and so when `cargo test` runs them.
+    pub slow: Cost,
     /// Weights.
     pub weights: WeightSource,
     /// Input.

@@ -361,10 +361,17 @@ pub(super) struct RawScenario {
     pub(super) backends: Option<Vec<String>>,
     pub(super) devices: Option<Vec<String>>,
     pub(super) threads: Option<usize>,
-    #[serde(default)]
-    pub(super) slow: bool,
+    pub(super) slow: Option<RawSlow>,
     #[serde(default)]
     pub(super) diagnose: RawDiagnose,
+}
+
+/// `slow: true | false | manual`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawSlow {
+    Flag(bool),
+    Word(String),
 }
 
 /// `diagnose: { ops: all | [names], local: true }`.

@@ -170,6 +170,6 @@ pub(super) struct Fields {
     pub(super) backends: Vec<String>,
     pub(super) devices: Vec<DeviceKind>,
     pub(super) threads: Option<usize>,
-    pub(super) slow: bool,
+    pub(super) slow: super::Cost,
     pub(super) diagnose: super::Diagnosis,
 }

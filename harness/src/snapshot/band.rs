@@ -22,26 +22,48 @@
 
 use std::path::Path;
 
-use super::doc::{DriftSnapshot, SnapComparison};
+use super::doc::{DriftSnapshot, SnapComparison, SnapVariant};
+use crate::metric::Metric;
+
+/// The banded metrics and their factors.
+const BANDED: [(Metric, f64); 3] = [
+    (Metric::MeanAbs, MEAN_FACTOR),
+    (Metric::Rms, MEAN_FACTOR),
+    (Metric::MaxAbs, MAX_FACTOR),
+];
 
 /// The band of `mean_abs` and `rms`.
 pub const MEAN_FACTOR: f64 = 4.0;
 /// The band of `max_abs`.
 pub const MAX_FACTOR: f64 = 8.0;
 
-/// One recorded snapshot: its class and its comparisons.
+/// One recorded snapshot: its class, its columns and its comparisons.
 #[derive(Debug)]
 pub struct Recorded {
     /// The class folder it came from.
     pub class: String,
+    /// Its layer lines' columns.
+    pub columns: Columns,
     /// Its comparisons.
     pub comparisons: Vec<SnapComparison>,
 }
 
-/// Reads the comparisons of a `.snap` file (a drift snapshot, or the
-/// oracle's, whose comparisons sit under `comparisons:`). An error names the
-/// file: a snapshot that does not parse never passes.
-pub fn read(path: &Path) -> Result<Vec<SnapComparison>, String> {
+impl Recorded {
+    /// Reads the snapshot at `path` recorded by class `class`.
+    pub fn read(class: &str, path: &Path) -> Result<Recorded, String> {
+        let (columns, comparisons) = read(path)?;
+        Ok(Recorded {
+            class: class.into(),
+            columns,
+            comparisons,
+        })
+    }
+}
+
+/// Reads the columns and comparisons of a `.snap` file (a drift snapshot,
+/// or the oracle's, whose comparisons sit under `comparisons:`). An error
+/// names the file: a snapshot that does not parse never passes.
+pub fn read(path: &Path) -> Result<(Columns, Vec<SnapComparison>), String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     // insta's format: a `---` header with metadata, then the document.
@@ -59,41 +81,106 @@ pub fn read(path: &Path) -> Result<Vec<SnapComparison>, String> {
     struct Oracle {
         comparisons: DriftSnapshot,
     }
-    if let Ok(d) = serde_yaml::from_str::<DriftSnapshot>(body) {
-        return Ok(d.comparisons);
-    }
-    serde_yaml::from_str::<Oracle>(body)
-        .map(|o| o.comparisons.comparisons)
-        .map_err(|e| format!("{}: not a layerdrift snapshot: {e}", path.display()))
+    let doc = match serde_yaml::from_str::<DriftSnapshot>(body) {
+        Ok(d) => d,
+        Err(_) => serde_yaml::from_str::<Oracle>(body)
+            .map(|o| o.comparisons)
+            .map_err(|e| format!("{}: not a layerdrift snapshot: {e}", path.display()))?,
+    };
+    let columns =
+        Columns::parse(&doc.columns).map_err(|e| format!("{}: `columns:` {e}", path.display()))?;
+    Ok((columns, doc.comparisons))
 }
 
-/// The numbers of one layer line (`  3: mean max rms rel ulps equal%`).
+/// What each field of a snapshot's layer lines holds, read from its
+/// `columns:` header (`layer: mean|Δ| max|Δ| …`): a metric, or `None` for a
+/// column this version does not know (kept so later fields stay aligned).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Columns(Vec<Option<Metric>>);
+
+impl Columns {
+    /// Parses a `columns:` header.
+    pub fn parse(header: &str) -> Result<Columns, String> {
+        let rest = header
+            .strip_prefix("layer:")
+            .ok_or_else(|| format!("`{header}` does not start with `layer:`"))?;
+        let cols: Vec<Option<Metric>> = rest.split_whitespace().map(Metric::from_column).collect();
+        if cols.iter().all(Option::is_none) {
+            return Err(format!("`{header}` names no metric layerdrift knows"));
+        }
+        Ok(Columns(cols))
+    }
+
+    /// The columns this version writes.
+    pub fn current() -> Columns {
+        Columns(Metric::ALL.map(Some).to_vec())
+    }
+}
+
+/// The numbers of one layer line (`  3: mean max rms rel ulps equal%`), by
+/// metric; a metric the snapshot's columns lack is `None`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Line {
-    /// Mean |Δ|.
-    pub mean: f64,
-    /// Max |Δ|.
-    pub max: f64,
-    /// RMS of Δ.
-    pub rms: f64,
-    /// Share of bitwise-equal elements, in percent.
-    pub equal: f64,
+    values: [Option<f64>; Metric::ALL.len()],
     /// Whether the layer held NaN or Inf.
     pub non_finite: bool,
 }
 
-/// Reads one layer line of a snapshot; `None` when it is not one.
-pub fn parse_line(s: &str) -> Option<Line> {
+impl Line {
+    /// A line of the given values.
+    pub fn new(values: &[(Metric, f64)], non_finite: bool) -> Line {
+        let mut v = [None; Metric::ALL.len()];
+        for (m, x) in values {
+            v[m.index()] = Some(*x);
+        }
+        Line {
+            values: v,
+            non_finite,
+        }
+    }
+
+    /// Metric `m`'s value, if the line has it.
+    pub fn get(&self, m: Metric) -> Option<f64> {
+        self.values[m.index()]
+    }
+
+    /// Mean |Δ| (NaN where absent, so it never compares equal).
+    pub fn mean(&self) -> f64 {
+        self.get(Metric::MeanAbs).unwrap_or(f64::NAN)
+    }
+
+    /// Max |Δ| (NaN where absent).
+    pub fn max(&self) -> f64 {
+        self.get(Metric::MaxAbs).unwrap_or(f64::NAN)
+    }
+
+    /// RMS of Δ (NaN where absent).
+    pub fn rms(&self) -> f64 {
+        self.get(Metric::Rms).unwrap_or(f64::NAN)
+    }
+
+    /// The bitwise-equal share, 0–1 (NaN where absent).
+    pub fn equal(&self) -> f64 {
+        self.get(Metric::Equal).unwrap_or(f64::NAN)
+    }
+}
+
+/// Reads one layer line of a snapshot whose header is `columns`; `None`
+/// when it is not one (too few fields, or a field that is not a number).
+pub fn parse_line(s: &str, columns: &Columns) -> Option<Line> {
     let (_, rest) = s.split_once(':')?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let num = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok());
-    Some(Line {
-        mean: num(0)?,
-        max: num(1)?,
-        rms: num(2)?,
-        equal: f.get(5)?.trim_end_matches('%').parse().ok()?,
-        non_finite: rest.contains("NON-FINITE"),
-    })
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if fields.len() < columns.0.len() {
+        return None;
+    }
+    let mut values = Vec::new();
+    for (col, field) in columns.0.iter().zip(&fields) {
+        if let Some(m) = col {
+            values.push((*m, m.parse_value(field)?));
+        }
+    }
+    let non_finite = fields[columns.0.len()..].first() == Some(&"NON-FINITE");
+    Some(Line::new(&values, non_finite))
 }
 
 fn first_layer(d: &Option<String>) -> Option<Option<usize>> {
@@ -111,6 +198,7 @@ fn first_layer(d: &Option<String>) -> Option<Option<usize>> {
 /// Checks `current` against every recorded class; `Err` lists what lies
 /// outside the band.
 pub fn check(current: &[SnapComparison], recorded: &[Recorded]) -> Result<(), String> {
+    let current_columns = Columns::current();
     let mut out = Vec::new();
     for c in current {
         for v in &c.variants {
@@ -118,11 +206,13 @@ pub fn check(current: &[SnapComparison], recorded: &[Recorded]) -> Result<(), St
                 continue;
             }
             let at = format!("{} [{}]", c.check, v.variant);
-            let others: Vec<_> = recorded
+            let others: Vec<(&Columns, &SnapVariant)> = recorded
                 .iter()
-                .filter_map(|r| r.comparisons.iter().find(|x| x.check == c.check))
-                .filter_map(|x| x.variants.iter().find(|y| y.variant == v.variant))
-                .filter(|y| y.skipped.is_none() && !y.layers.is_empty())
+                .filter_map(|r| {
+                    let x = r.comparisons.iter().find(|x| x.check == c.check)?;
+                    let y = x.variants.iter().find(|y| y.variant == v.variant)?;
+                    (y.skipped.is_none() && !y.layers.is_empty()).then_some((&r.columns, y))
+                })
                 .collect();
             if others.is_empty() {
                 out.push(format!(
@@ -131,13 +221,13 @@ pub fn check(current: &[SnapComparison], recorded: &[Recorded]) -> Result<(), St
                 continue;
             }
             for (i, line) in v.layers.iter().enumerate() {
-                let Some(x) = parse_line(line) else {
+                let Some(x) = parse_line(line, &current_columns) else {
                     out.push(format!("{at}: cannot read layer line `{line}`"));
                     continue;
                 };
                 let rec: Vec<Line> = others
                     .iter()
-                    .filter_map(|o| o.layers.get(i).and_then(|l| parse_line(l)))
+                    .filter_map(|(cols, o)| o.layers.get(i).and_then(|l| parse_line(l, cols)))
                     .collect();
                 if rec.len() != others.len() {
                     out.push(format!("{at} layer {}: not in every recorded class", i + 1));
@@ -147,30 +237,30 @@ pub fn check(current: &[SnapComparison], recorded: &[Recorded]) -> Result<(), St
                     out.push(format!("{at} layer {}: NaN or Inf", i + 1));
                     continue;
                 }
-                let bitwise_everywhere = rec.iter().all(|r| r.equal == 100.0);
-                if bitwise_everywhere && x.equal != 100.0 {
+                let bitwise = |l: &Line| l.get(Metric::Equal) == Some(1.0);
+                let bitwise_everywhere = rec.iter().all(bitwise);
+                if bitwise_everywhere && !bitwise(&x) {
                     out.push(format!(
                         "{at} layer {}: every recorded class is bitwise equal here; this one is not ({:.1}% equal, mean {:.2e})",
                         i + 1,
-                        x.equal,
-                        x.mean
+                        100.0 * x.equal(),
+                        x.mean()
                     ));
                     continue;
                 }
-                if x.equal == 100.0 {
+                if bitwise(&x) {
                     continue;
                 }
-                for (name, value, pick, factor) in [
-                    (
-                        "mean_abs",
-                        x.mean,
-                        (|l: &Line| l.mean) as fn(&Line) -> f64,
-                        MEAN_FACTOR,
-                    ),
-                    ("rms", x.rms, |l: &Line| l.rms, MEAN_FACTOR),
-                    ("max_abs", x.max, |l: &Line| l.max, MAX_FACTOR),
-                ] {
-                    let nonzero: Vec<f64> = rec.iter().map(pick).filter(|y| *y > 0.0).collect();
+                for (metric, factor) in BANDED {
+                    let Some(value) = x.get(metric) else {
+                        continue;
+                    };
+                    // A class whose snapshot lacks the column does not band it.
+                    let nonzero: Vec<f64> = rec
+                        .iter()
+                        .filter_map(|l| l.get(metric))
+                        .filter(|y| *y > 0.0)
+                        .collect();
                     let (Some(lo), Some(hi)) = (
                         nonzero.iter().copied().reduce(f64::min),
                         nonzero.iter().copied().reduce(f64::max),
@@ -179,7 +269,7 @@ pub fn check(current: &[SnapComparison], recorded: &[Recorded]) -> Result<(), St
                     };
                     if !(value >= lo / factor && value <= hi * factor) {
                         out.push(format!(
-                            "{at} layer {}: {name} {value:.2e} outside the band [{:.2e}, {:.2e}] (recorded {lo:.2e}..{hi:.2e}, ×{factor})",
+                            "{at} layer {}: {metric} {value:.2e} outside the band [{:.2e}, {:.2e}] (recorded {lo:.2e}..{hi:.2e}, ×{factor})",
                             i + 1,
                             lo / factor,
                             hi * factor
@@ -191,7 +281,7 @@ pub fn check(current: &[SnapComparison], recorded: &[Recorded]) -> Result<(), St
             // class diverge.
             let rec: Vec<Option<Option<usize>>> = others
                 .iter()
-                .map(|o| first_layer(&o.first_divergence))
+                .map(|(_, o)| first_layer(&o.first_divergence))
                 .collect();
             if let Some(Some(cur)) = first_layer(&v.first_divergence)
                 && rec.iter().all(|r| matches!(r, Some(Some(_))))
@@ -218,5 +308,100 @@ pub fn check(current: &[SnapComparison], recorded: &[Recorded]) -> Result<(), St
             out.push(format!("… and {} more", n - 12));
         }
         Err(out.join("\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::doc::layer_columns;
+
+    const LINE: &str = "  3: 4.21e-7 3.05e-6 5.00e-7 1.20e-2 310 12.5%";
+
+    fn recorded(columns: &str, line: &str) -> Recorded {
+        let yaml = format!(
+            "scenario: s\nbackend: b\ncolumns: \"{columns}\"\ncomparisons:\n  - check: c\n    a: x/full\n    b: x/rows\n    variants:\n      - variant: v\n        first_divergence: \"row 0, layer 1\"\n        layers:\n          - \"{line}\"\n"
+        );
+        let doc: DriftSnapshot = serde_yaml::from_str(&yaml).unwrap();
+        Recorded {
+            class: "k".into(),
+            columns: Columns::parse(&doc.columns).unwrap(),
+            comparisons: doc.comparisons,
+        }
+    }
+
+    #[test]
+    fn the_header_is_the_metric_table() {
+        // Every shipped snapshot carries this header: changing it is a
+        // change of format, made on purpose.
+        assert_eq!(
+            layer_columns(),
+            "layer: mean|Δ| max|Δ| rms|Δ| max_rel max_ulps equal%"
+        );
+        assert_eq!(
+            Columns::parse(&layer_columns()).unwrap(),
+            Columns::current()
+        );
+        let l = parse_line(LINE, &Columns::current()).unwrap();
+        assert_eq!(l.mean(), 4.21e-7);
+        assert_eq!(l.get(Metric::MaxUlps), Some(310.0));
+        assert_eq!(l.equal(), 0.125);
+        assert!(!l.non_finite);
+        let nf = format!("{LINE} NON-FINITE 4");
+        assert!(parse_line(&nf, &Columns::current()).unwrap().non_finite);
+    }
+
+    #[test]
+    fn lines_are_read_by_their_header_reordered_or_lacking_a_column() {
+        // Reordered: rms first.
+        let cols = Columns::parse("layer: rms|Δ| mean|Δ| max|Δ| max_rel max_ulps equal%").unwrap();
+        let l = parse_line("  3: 5.00e-7 4.21e-7 3.05e-6 1.20e-2 310 12.5%", &cols).unwrap();
+        assert_eq!((l.mean(), l.rms(), l.max()), (4.21e-7, 5.00e-7, 3.05e-6));
+        // An older snapshot without `rms|Δ|`: the metric is absent, the
+        // others are where the header says.
+        let cols = Columns::parse("layer: mean|Δ| max|Δ| max_rel max_ulps equal%").unwrap();
+        let l = parse_line("  3: 4.21e-7 3.05e-6 1.20e-2 310 12.5%", &cols).unwrap();
+        assert_eq!(
+            (l.mean(), l.get(Metric::Rms), l.equal()),
+            (4.21e-7, None, 0.125)
+        );
+        // A column this version does not know is skipped, not misread.
+        let cols =
+            Columns::parse("layer: mean|Δ| future_metric max|Δ| rms|Δ| max_rel max_ulps equal%")
+                .unwrap();
+        let l = parse_line("  3: 4.21e-7 9.99 3.05e-6 5.00e-7 1.20e-2 310 12.5%", &cols).unwrap();
+        assert_eq!((l.max(), l.rms()), (3.05e-6, 5.00e-7));
+        // Too few fields for the header, or a header naming nothing known.
+        assert_eq!(
+            parse_line("  3: 4.21e-7 3.05e-6", &Columns::current()),
+            None
+        );
+        assert!(Columns::parse("layer: a b c").is_err());
+        assert!(Columns::parse("mean|Δ|").is_err());
+    }
+
+    #[test]
+    fn the_band_compares_by_metric_across_layouts() {
+        let current = recorded(&layer_columns(), LINE).comparisons;
+        // The same numbers under a reordered header: inside the band.
+        let reordered = recorded(
+            "layer: rms|Δ| mean|Δ| max|Δ| max_rel max_ulps equal%",
+            "  3: 5.00e-7 4.21e-7 3.05e-6 1.20e-2 310 12.5%",
+        );
+        check(&current, &[reordered]).unwrap();
+        // Read by position, that file would put rms where mean is: a 10x
+        // larger rms in the same place is outside the band by metric.
+        let far = recorded(
+            "layer: rms|Δ| mean|Δ| max|Δ| max_rel max_ulps equal%",
+            "  3: 5.00e-6 4.21e-7 3.05e-6 1.20e-2 310 12.5%",
+        );
+        let e = check(&current, &[far]).unwrap_err();
+        assert!(e.contains("rms 5.00e-7 outside the band"), "{e}");
+        // A class lacking rms bands mean and max only.
+        let old = recorded(
+            "layer: mean|Δ| max|Δ| max_rel max_ulps equal%",
+            "  3: 4.21e-7 3.05e-6 1.20e-2 310 12.5%",
+        );
+        check(&current, &[old]).unwrap();
     }
 }

@@ -8,12 +8,17 @@ use layerdrift_backends::{BackendInfo, Checkpoints};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::Outcome;
-use crate::metric::sig3;
+use crate::metric::{Metric, sig3};
 use crate::metrics::LayerDrift;
 use crate::scenario::Scenario;
 
-/// The columns of a snapshot's per-layer lines.
-pub const LAYER_COLUMNS: &str = "layer: mean|Δ| max|Δ| rms|Δ| max_rel max_ulps equal%";
+/// The columns of a snapshot's per-layer lines, from the [`Metric`] table:
+/// `layer: mean|Δ| max|Δ| rms|Δ| max_rel max_ulps equal%`. Readers go by
+/// this header ([`super::band::Columns`]), so a new metric is a new column
+/// that older snapshots simply lack.
+pub fn layer_columns() -> String {
+    format!("layer: {}", Metric::ALL.map(Metric::column).join(" "))
+}
 
 /// One snapshot line for one layer.
 pub fn layer_line(layer: usize, d: &LayerDrift) -> String {
@@ -25,17 +30,9 @@ fn named_line(name: &str, d: &LayerDrift) -> String {
     format!("{name}: {}", columns(d))
 }
 
-/// The values of [`LAYER_COLUMNS`] after the layer field.
+/// The values of [`layer_columns`] after the layer field.
 fn columns(d: &LayerDrift) -> String {
-    let mut s = format!(
-        "{} {} {} {} {} {:.1}%",
-        sig3(d.mean_abs),
-        sig3(d.max_abs),
-        sig3(d.rms),
-        sig3(d.max_rel),
-        d.max_ulps,
-        100.0 * d.equal_share
-    );
+    let mut s = Metric::ALL.map(|m| m.format_value(m.value(d))).join(" ");
     if d.non_finite > 0 {
         let _ = write!(s, " NON-FINITE {}", d.non_finite);
     }
@@ -158,7 +155,7 @@ impl DriftSnapshot {
         DriftSnapshot {
             scenario: scenario.into(),
             backend: backend.into(),
-            columns: LAYER_COLUMNS.into(),
+            columns: layer_columns(),
             comparisons,
         }
     }
