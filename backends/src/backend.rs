@@ -239,7 +239,7 @@ pub fn registry() -> Vec<Box<dyn Backend>> {
     out.push(not_compiled(
         "candle",
         DeviceKind::Cuda,
-        "build with `--features cuda` (needs nvcc; see the README's GPU section)",
+        "build with `--features cuda` (needs nvcc; see docs/backends.md, GPU)",
     ));
 
     #[cfg(feature = "burn")]
@@ -262,13 +262,13 @@ pub fn registry() -> Vec<Box<dyn Backend>> {
     out.push(not_compiled(
         "burn-cubecl",
         DeviceKind::Wgpu,
-        "build with `--features burn-wgpu` (builds offline; see the README's GPU section)",
+        "build with `--features burn-wgpu` (builds offline; see docs/backends.md, GPU)",
     ));
     #[cfg(not(feature = "burn-cuda"))]
     out.push(not_compiled(
         "burn-cubecl",
         DeviceKind::Cuda,
-        "build with `--features burn-cuda` (its build needs the tracel-llvm bundle; see the README's GPU section)",
+        "build with `--features burn-cuda` (its build needs the tracel-llvm bundle; see docs/backends.md, GPU)",
     ));
 
     #[cfg(feature = "tch")]

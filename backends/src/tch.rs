@@ -625,11 +625,12 @@ mod tests {
         println!("tch-cuda available: {:?}", b[1].available());
     }
 
-    /// A measurement, not an assertion: libtorch's CPU GEMM is not
-    /// batch-invariant, so the observed rows computed within the whole batch
-    /// (`full`) and alone (`rows`) may differ.
+    /// libtorch's CPU GEMM is not batch-invariant, so the observed rows
+    /// computed within the whole batch (`full`) and alone (`rows`) may
+    /// differ — but only by rounding: finite and within 1e-5 at two layers
+    /// (measured: ≤ 1.2e-6 at dim 768). The per-layer figures are printed.
     #[test]
-    fn full_vs_rows_measurement() {
+    fn full_vs_rows_differ_by_rounding_only() {
         // [4, 32, 64] as asked; [4, 32, 768] for comparison with the seed's
         // width. `rows` feeds the observed rows as one [n, 1, dim] batch, so
         // n is the GEMM's M (PyTorch 2.11 on this CPU: M = 1 and 2 differ
@@ -643,23 +644,31 @@ mod tests {
             for rows in [&all[11..], &all[10..], &all[..]] {
                 let full = run(&cpu(), &m, &input, DType::F32, &Schedule::Full, rows);
                 let alone = run(&cpu(), &m, &input, DType::F32, &Schedule::Rows, rows);
-                let d: Vec<String> = full
+                let per_layer: Vec<f64> = full
                     .layers
                     .iter()
                     .zip(&alone.layers)
                     .map(|(f, r)| {
-                        let d = f
-                            .iter()
+                        // NaN counts as infinitely far, never as close.
+                        f.iter()
                             .zip(r)
                             .map(|(a, b)| (a - b).abs())
-                            .fold(0.0, f64::max);
-                        format!("{d:e}")
+                            .map(|d| if d.is_nan() { f64::INFINITY } else { d })
+                            .fold(0.0, f64::max)
                     })
                     .collect();
+                assert_eq!(per_layer.len(), 2);
+                let worst = per_layer.iter().copied().fold(0.0, f64::max);
+                let d: Vec<String> = per_layer.iter().map(|d| format!("{d:e}")).collect();
                 println!(
                     "tch-cpu residual_mlp [4, 32, {dim}], {} observed row(s): max |full - rows| per layer = [{}]",
                     rows.len(),
                     d.join(", ")
+                );
+                assert!(
+                    worst.is_finite() && worst <= 1e-5,
+                    "[4, 32, {dim}], {} rows: max |full - rows| {worst:e}",
+                    rows.len()
                 );
             }
         }

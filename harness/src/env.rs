@@ -1,7 +1,7 @@
 //! Every environment variable layerdrift reads, parsed once, in one table.
 //!
 //! [`VARS`] is the table: `layerdrift env` prints it with this process's
-//! values, and the README's "Environment variables" section lists the same
+//! values, and docs/environment.md lists the same
 //! rows (a unit test keeps the two in step). Front ends call [`check`] at
 //! start, so a bad value is one clear error rather than a surprise later.
 
@@ -231,7 +231,7 @@ mod tests {
             env!("CARGO_MANIFEST_DIR"),
             "/../docs/environment.md"
         ))
-        .expect("README.md");
+        .expect("docs/environment.md");
         for v in VARS {
             for name in v.name.split(", ") {
                 assert!(

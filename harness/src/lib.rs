@@ -48,7 +48,7 @@ pub mod table;
 pub mod workspace;
 
 /// The layering, checked: each module may use only modules listed before it
-/// (the README's "from a scenario file to a verdict"), so data flows one way
+/// (docs/architecture.md, "harness/: from a scenario file to a verdict"), so data flows one way
 /// and there is no import cycle.
 #[cfg(test)]
 mod layering {
@@ -101,7 +101,7 @@ mod layering {
             let Some(rank) = ORDER.iter().position(|m| *m == module) else {
                 assert!(
                     ["lib", "main"].contains(&module.as_str()),
-                    "{module} is missing from ORDER (and from the README's layout)"
+                    "{module} is missing from ORDER (and from docs/architecture.md's layout)"
                 );
                 continue;
             };

@@ -794,6 +794,40 @@ teacher forcing: {:.1} s of forced runs on top of {:.1} s of plain runs ({:.2}×
         println!("  json: {}", j.display());
     }
 
+    // A run that compared nothing (every backend asked for is missing here,
+    // or every comparison was skipped) has checked nothing: it must not
+    // pass as if it had.
+    let compared = report
+        .outcomes
+        .iter()
+        .flat_map(|o| &o.variants)
+        .any(|v| v.profile.is_some());
+    if !compared && !report.has_failures() {
+        let mut why: Vec<String> = report
+            .participants
+            .iter()
+            .filter(|p| only.is_empty() || only.iter().any(|o| p.id.matches(o)))
+            .filter_map(|p| p.unavailable.as_ref().map(|u| format!("{}: {u}", p.id)))
+            .chain(
+                report
+                    .outcomes
+                    .iter()
+                    .flat_map(|o| &o.variants)
+                    .filter_map(|v| v.skipped.clone()),
+            )
+            .collect();
+        why.sort();
+        why.dedup();
+        eprintln!(
+            "error: nothing was compared, so nothing was checked{}",
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(":\n  {}", why.join("\n  "))
+            }
+        );
+        return Ok(ExitCode::from(2));
+    }
     let mut code = ExitCode::SUCCESS;
     if report.has_failures() {
         println!();

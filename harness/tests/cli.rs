@@ -341,3 +341,60 @@ fn run_names_the_first_divergent_op_and_splits_local_from_inherited_error() {
         "{stderr}"
     );
 }
+
+/// A drift outside its bounds: exit 1, naming the check, the layer and the
+/// bound.
+#[test]
+fn run_exits_1_when_a_bound_is_broken() {
+    let dir = tmp_dir("exit1");
+    let f = dir.join("too-tight.yaml");
+    std::fs::write(
+        &f,
+        "model: { kind: residual_mlp, layers: 2, dim: 16, hidden: 32 }\n\
+         weights: { init: { seed: 0, std: 0.2 } }\n\
+         input: { batch: 2, seq: 4, seed: 1 }\n\
+         strategies: [full]\n\
+         checks:\n  - oracle: full\n    bounds: { every_layer: { max_abs: 1.0e-30 } }\n\
+         backends: [candle]\n",
+    )
+    .expect("write");
+    let (code, stdout, stderr) = layerdrift(&[
+        "run".as_ref(),
+        f.as_os_str(),
+        "--summary".as_ref(),
+        "--out".as_ref(),
+        dir.as_os_str(),
+    ]);
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("FAIL  candle-cpu/full-vs-oracle")
+            && stdout.contains("max_abs")
+            && stdout.contains("> 1.000e-30")
+            && stdout.contains("out of bounds"),
+        "{stdout}"
+    );
+}
+
+/// `--backends` naming only a backend this machine cannot run compares
+/// nothing: exit 2 with the reason, never a pass.
+#[test]
+fn run_refuses_to_pass_when_nothing_was_compared() {
+    let dir = tmp_dir("nothing");
+    let (code, stdout, stderr) = layerdrift(&[
+        "run".as_ref(),
+        scenario("small-residual-mlp.yaml").as_os_str(),
+        "--backends".as_ref(),
+        "candle-cuda".as_ref(),
+        "--summary".as_ref(),
+        "--out".as_ref(),
+        dir.as_os_str(),
+    ]);
+    if stdout.contains("candle-cuda") && stdout.contains("— ") && code == Some(0) {
+        return; // a CUDA build on a GPU machine: candle-cuda ran and compared
+    }
+    assert_eq!(code, Some(2), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("nothing was compared") && stderr.contains("candle-cuda"),
+        "{stderr}"
+    );
+}

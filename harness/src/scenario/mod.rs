@@ -13,7 +13,7 @@
 //! 4. `observe` and `expand`: observed rows per input shape, and the
 //!    cartesian product of list-valued axes into [`Variant`]s.
 //!
-//! Every YAML key is documented in the README's scenario reference; keep the
+//! Every YAML key is documented in docs/scenario-reference.md; keep the
 //! two in step.
 
 mod budget;
