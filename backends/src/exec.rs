@@ -322,7 +322,7 @@ impl<O: Ops> Mode<O> {
                 check_tile(ops, req, tile, capacity)?;
                 Some(zeros(ops, &[1, tile, dim], req.dtype)?)
             }
-            _ => None,
+            Execution::Standard | Execution::BatchInvariant => None,
         };
         Ok(Mode {
             execution: req.execution,
@@ -343,7 +343,9 @@ impl<O: Ops> Mode<O> {
         match (self.execution, &self.pad) {
             (Execution::BatchInvariant, _) => each_row(ops, x, at, f),
             (Execution::FixedShape { tile }, Some(pad)) => each_tile(ops, x, at, tile, pad, f),
-            _ => f(x, at),
+            // `new` gives a fixed shape its pad; without one (never), and in
+            // the standard mode, the op runs on the whole input.
+            (Execution::FixedShape { .. }, None) | (Execution::Standard, _) => f(x, at),
         }
     }
 }

@@ -162,7 +162,11 @@ pub(crate) fn run<O: Ops>(ops: &O, req: &ProbeRequest) -> OpResult<Vec<ProbePoin
     }
     let (lanes, dtype) = match req.op {
         ProbeOp::Attention | ProbeOp::FusedAttention => (req.heads.max(1), req.dtype),
-        _ => (1, req.dtype),
+        ProbeOp::Linear
+        | ProbeOp::LayerNorm
+        | ProbeOp::RmsNorm
+        | ProbeOp::Softmax
+        | ProbeOp::Gelu => (1, req.dtype),
     };
     // The op's constants, uploaded once.
     let ones = ops.upload(&HostTensor::full(vec![req.width], 1.0), dtype)?;
@@ -176,7 +180,12 @@ pub(crate) fn run<O: Ops>(ops: &O, req: &ProbeRequest) -> OpResult<Vec<ProbePoin
             let b = HostTensor::full(vec![req.out], 0.0);
             Some(ops.prepare_linear(&w, Some(&b), dtype)?)
         }
-        _ => None,
+        ProbeOp::LayerNorm
+        | ProbeOp::RmsNorm
+        | ProbeOp::Softmax
+        | ProbeOp::Gelu
+        | ProbeOp::Attention
+        | ProbeOp::FusedAttention => None,
     };
     let kv = match req.op {
         ProbeOp::Attention | ProbeOp::FusedAttention => {
@@ -184,7 +193,11 @@ pub(crate) fn run<O: Ops>(ops: &O, req: &ProbeRequest) -> OpResult<Vec<ProbePoin
             let v = rows_with_probe(lanes, req.out.max(1), req.width, 0x33, 0..0);
             Some((ops.upload(&k, dtype)?, ops.upload(&v, dtype)?))
         }
-        _ => None,
+        ProbeOp::Linear
+        | ProbeOp::LayerNorm
+        | ProbeOp::RmsNorm
+        | ProbeOp::Softmax
+        | ProbeOp::Gelu => None,
     };
     let scale = 1.0 / (req.width as f64).sqrt();
     let apply = |x: &O::T| -> OpResult<O::T> {

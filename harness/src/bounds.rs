@@ -91,7 +91,13 @@ impl MetricBounds {
             } else if !(v <= b) {
                 out.push(match m {
                     Metric::MaxUlps => format!("max_ulps {v:.0} > {b:.0}"),
-                    _ => format!("{} {v:.3e} > {b:.3e}", m.name()),
+                    Metric::MeanAbs
+                    | Metric::MaxAbs
+                    | Metric::Rms
+                    | Metric::MaxRel
+                    | Metric::Equal => {
+                        format!("{} {v:.3e} > {b:.3e}", m.name())
+                    }
                 });
             }
         }

@@ -70,7 +70,7 @@ impl Shape {
             ProbeOp::Attention | ProbeOp::FusedAttention => {
                 h * (3.0 * m * w + 2.0 * o * w + 2.0 * m * o)
             }
-            _ => 4.0 * m * w,
+            ProbeOp::LayerNorm | ProbeOp::RmsNorm | ProbeOp::Softmax | ProbeOp::Gelu => 4.0 * m * w,
         }
     }
 }

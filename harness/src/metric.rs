@@ -51,7 +51,9 @@ impl Metric {
     pub const fn bound_key(self) -> &'static str {
         match self {
             Metric::Equal => "min_equal_share",
-            m => m.name(),
+            Metric::MeanAbs | Metric::MaxAbs | Metric::Rms | Metric::MaxRel | Metric::MaxUlps => {
+                self.name()
+            }
         }
     }
 
@@ -93,7 +95,9 @@ impl Metric {
     pub fn parse_value(self, s: &str) -> Option<f64> {
         match self {
             Metric::Equal => s.strip_suffix('%')?.parse::<f64>().ok().map(|p| p / 100.0),
-            _ => s.parse().ok(),
+            Metric::MeanAbs | Metric::MaxAbs | Metric::Rms | Metric::MaxRel | Metric::MaxUlps => {
+                s.parse().ok()
+            }
         }
     }
 
@@ -122,7 +126,7 @@ impl Metric {
         match self {
             Metric::MaxUlps => format!("{v:.0}"),
             Metric::Equal => format!("{:.1}%", 100.0 * v),
-            _ => sig3(v),
+            Metric::MeanAbs | Metric::MaxAbs | Metric::Rms | Metric::MaxRel => sig3(v),
         }
     }
 

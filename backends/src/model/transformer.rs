@@ -520,7 +520,7 @@ pub(crate) fn run<O: Ops>(ops: &O, p: &Plan, req: &RunRequest<'_>) -> OpResult<C
             &[1, p.heads, tile.max(capacity), hd],
             req.dtype,
         )?),
-        _ => None,
+        Execution::Standard | Execution::BatchInvariant => None,
     };
     let input = ops.upload(req.input, req.dtype)?;
     let mut consts = Vec::with_capacity(segments.len());

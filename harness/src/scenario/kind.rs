@@ -219,7 +219,7 @@ pub(super) fn model_fields(v: &mut Validator<'_>, m: RawModel) -> ModelFields {
     }
     let eps = m.eps.unwrap_or(match kind {
         RawKind::Llama => 1e-6,
-        _ => 1e-5,
+        RawKind::ResidualMlp | RawKind::Decoder | RawKind::Gpt2 => 1e-5,
     });
     v.finite_positive("model.eps", eps);
     let rope_theta = m.rope_theta.unwrap_or(10_000.0);
