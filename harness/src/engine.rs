@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use layerdrift_backends::{BackendId, BackendInfo, Checkpoints, DType};
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::baseline::{Entry, EntryInfo, VariantKey};
 use crate::bounds::Bounds;
@@ -26,17 +26,34 @@ fn display<T: std::fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S:
     s.collect_str(v)
 }
 
+/// A backend id as [`display`] wrote it (`candle-cpu`), among the backends
+/// this build knows (compiled in or not).
+fn backend_id<'de, D: Deserializer<'de>>(d: D) -> Result<BackendId, D::Error> {
+    let s = String::deserialize(d)?;
+    layerdrift_backends::registry()
+        .iter()
+        .map(|b| b.id())
+        .find(|id| id.to_string() == s)
+        .ok_or_else(|| serde::de::Error::custom(format!("unknown backend `{s}`")))
+}
+
+/// A dtype as [`display`] wrote it (`f32`).
+fn dtype<'de, D: Deserializer<'de>>(d: D) -> Result<DType, D::Error> {
+    let s = String::deserialize(d)?;
+    DType::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("unknown dtype `{s}`")))
+}
+
 /// One side of a comparison: a backend and a strategy.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Side {
     /// The backend, e.g. `candle-cpu`.
-    #[serde(serialize_with = "display")]
+    #[serde(serialize_with = "display", deserialize_with = "backend_id")]
     pub backend: BackendId,
     /// Strategy name, e.g. `full`.
     pub strategy: String,
     /// A baseline file: this side is the run recorded there
     /// (`layerdrift run --save-baseline`), not a live one.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<PathBuf>,
 }
 
@@ -62,7 +79,7 @@ impl std::fmt::Display for Side {
 }
 
 /// One comparison of one check on one backend.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Comparison {
     /// The name in the trial name: `full-vs-rows`, `full-vs-oracle`,
     /// `full-vs-burn-flex-cpu`.
@@ -88,12 +105,12 @@ impl Comparison {
 }
 
 /// The outcome of a comparison on one variant.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct VariantOutcome {
     /// Variant label.
     pub variant: String,
     /// The dtype of the comparison.
-    #[serde(serialize_with = "display")]
+    #[serde(serialize_with = "display", deserialize_with = "dtype")]
     pub dtype: DType,
     /// The drift profile, when both runs happened.
     pub profile: Option<DriftProfile>,
@@ -102,23 +119,23 @@ pub struct VariantOutcome {
     /// Why the variant was not compared, if it was not.
     pub skipped: Option<String>,
     /// The drift of every op (`diagnose: { ops }`), when asked for.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ops: Option<OpProfile>,
     /// Local vs inherited error per layer (`diagnose: { local: true }`):
     /// side B's layers run on side A's inputs.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local: Option<LocalProfile>,
     /// Why there is no local error although it was asked for (side B is a
     /// baseline, a value is not finite).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_unavailable: Option<String>,
     /// Wall time of the teacher-forced run of side B, in ms.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forced_wall_ms: Option<f64>,
 }
 
 /// The outcome of a comparison over all variants.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Outcome {
     /// What was compared.
     pub comparison: Comparison,
@@ -399,7 +416,7 @@ pub struct Participant {
 }
 
 /// One backend run, done, skipped or failed.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunRecord {
     /// The backend and strategy.
     pub side: Side,
@@ -411,6 +428,93 @@ pub struct RunRecord {
     pub skipped: Option<String>,
     /// Why it failed, if it failed.
     pub failed: Option<String>,
+}
+
+/// The version of [`JsonReport`]'s layout: readers refuse another.
+pub const JSON_FORMAT: u32 = 1;
+
+/// `layerdrift run --json`'s document, written and read (`layerdrift
+/// review`) through these same types.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonReport {
+    /// [`JSON_FORMAT`] when written.
+    pub format: u32,
+    /// Scenario name.
+    pub scenario: String,
+    /// The scenario file.
+    pub file: String,
+    /// The backends that ran.
+    pub backends: Vec<JsonBackend>,
+    /// Every run.
+    pub runs: Vec<RunRecord>,
+    /// Every comparison.
+    pub outcomes: Vec<Outcome>,
+    /// Comparisons that could not be made.
+    pub errors: Vec<String>,
+}
+
+/// One backend of a [`JsonReport`].
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonBackend {
+    /// Its id (`candle-cpu`).
+    pub id: String,
+    /// Library version.
+    pub version: String,
+    /// Device description.
+    pub device: String,
+    /// Intra-op threads.
+    pub threads: usize,
+}
+
+impl JsonReport {
+    /// The report of `report`, a run of scenario `name` from `file`.
+    pub fn new(name: &str, file: &std::path::Path, report: &ScenarioReport) -> JsonReport {
+        JsonReport {
+            format: JSON_FORMAT,
+            scenario: name.into(),
+            file: file.display().to_string(),
+            backends: report
+                .participants
+                .iter()
+                .filter_map(|p| p.info.as_ref())
+                .map(|i| JsonBackend {
+                    id: i.id().to_string(),
+                    version: i.version.clone(),
+                    device: i.device_name.clone(),
+                    threads: i.threads,
+                })
+                .collect(),
+            runs: report.runs.clone(),
+            outcomes: report.outcomes.clone(),
+            errors: report.errors.clone(),
+        }
+    }
+
+    /// Reads a report, refusing another format version or a field this
+    /// version does not know, naming the file.
+    pub fn read(path: &std::path::Path) -> Result<JsonReport, String> {
+        let bad = |m: String| format!("{}: {m}", path.display());
+        let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+        match v.get("format").and_then(|f| f.as_u64()) {
+            Some(f) if f == u64::from(JSON_FORMAT) => {}
+            Some(f) => {
+                return Err(bad(format!(
+                    "format {f}; this layerdrift reads format {JSON_FORMAT} (write it again with this version's `layerdrift run --json`)"
+                )));
+            }
+            None => {
+                return Err(bad(
+                    "no `format`: not a `layerdrift run --json` result (or one from before format 1)"
+                        .into(),
+                ));
+            }
+        }
+        serde_json::from_value(v).map_err(|e| bad(format!("not a layerdrift report: {e}")))
+    }
 }
 
 /// Everything a scenario run produced.

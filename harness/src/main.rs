@@ -16,7 +16,6 @@ use layerdrift::scenario::Scenario;
 use layerdrift::session::Session;
 use layerdrift::table::table;
 use layerdrift::workspace::{root, scenario_dir, scenario_files};
-use serde::Serialize;
 
 /// Differential testing of tensor backends: how far do mathematically
 /// identical computations drift apart, layer by layer?
@@ -377,16 +376,6 @@ fn show_env() -> Result<ExitCode> {
         e.memory_limit_from
     );
     Ok(ExitCode::SUCCESS)
-}
-
-#[derive(Serialize)]
-struct JsonReport<'a> {
-    scenario: &'a str,
-    file: String,
-    backends: Vec<serde_json::Value>,
-    runs: &'a [engine::RunRecord],
-    outcomes: &'a [engine::Outcome],
-    errors: &'a [String],
 }
 
 fn header(s: &Scenario, file: &Path) {
@@ -776,19 +765,7 @@ teacher forcing: {:.1} s of forced runs on top of {:.1} s of plain runs ({:.2}×
         println!("  baseline: {} ({} runs)", path.display(), entries.len());
     }
     if let Some(j) = json {
-        let doc = JsonReport {
-            scenario: &s.name,
-            file: file.display().to_string(),
-            backends: report
-                .participants
-                .iter()
-                .filter_map(|p| p.info.as_ref())
-                .map(|i| serde_json::json!({"id": i.id().to_string(), "version": i.version, "device": i.device_name, "threads": i.threads}))
-                .collect(),
-            runs: &report.runs,
-            outcomes: &report.outcomes,
-            errors: &report.errors,
-        };
+        let doc = engine::JsonReport::new(&s.name, file, &report);
         std::fs::write(&j, serde_json::to_string_pretty(&doc)?)
             .with_context(|| format!("writing {}", j.display()))?;
         println!("  json: {}", j.display());

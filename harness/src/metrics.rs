@@ -4,10 +4,15 @@
 //! found first and reported with their layer; they never enter an average.
 
 use layerdrift_backends::{Checkpoints, DType};
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// JSON writes NaN as `null`: read it back as NaN.
+fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
 
 /// The drift between two runs at one layer, over every observed element.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LayerDrift {
     /// Mean |a − b| — the seed's metric.
     pub mean_abs: f64,
@@ -33,9 +38,10 @@ impl LayerDrift {
 }
 
 /// Power-law and linear fits of mean |a − b| over layers.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Growth {
     /// Least-squares slope of mean |a − b| against the layer number (1-based).
+    #[serde(deserialize_with = "nan_if_null")]
     pub slope: f64,
     /// `p` of the fit `mean_abs ≈ c · layer^p` over layers with non-zero
     /// drift; `None` with fewer than two such layers (e.g. bitwise equal).
@@ -43,7 +49,7 @@ pub struct Growth {
 }
 
 /// Where two runs first stop being bitwise equal.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Divergence {
     /// Index of the observed row (position order), 0-based.
     pub row: usize,
@@ -52,7 +58,7 @@ pub struct Divergence {
 }
 
 /// The drift between two runs, layer by layer.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DriftProfile {
     /// `layers[l]` is the drift after layer `l + 1`.
     pub layers: Vec<LayerDrift>,
@@ -66,12 +72,12 @@ pub struct DriftProfile {
     pub last_row_mean_abs: Option<Vec<f64>>,
     /// A language model's head: the final norm and the logits; `None` for a
     /// model without one.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head: Option<HeadDrift>,
 }
 
 /// The drift of a language model's outputs: what an LLM user sees.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HeadDrift {
     /// After the final norm, over every observed element.
     pub final_norm: LayerDrift,
@@ -79,6 +85,7 @@ pub struct HeadDrift {
     pub logits: LayerDrift,
     /// Max |Δ log-softmax| over the vocabulary and the observed rows (NaN
     /// if either side has a non-finite logit).
+    #[serde(deserialize_with = "nan_if_null")]
     pub max_log_softmax: f64,
     /// Share of observed rows whose argmax token agrees (0..=1; a row with a
     /// non-finite logit never agrees).

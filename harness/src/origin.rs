@@ -18,12 +18,12 @@
 //! error amplified (gain > 1, little local error after layer 1).
 
 use layerdrift_backends::{Checkpoints, DType};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::metrics::{LayerDrift, layer_drift};
 
 /// The drift of one op at one layer.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OpDrift {
     /// Layer, 1-based.
     pub layer: usize,
@@ -34,7 +34,7 @@ pub struct OpDrift {
 }
 
 /// Where two runs first differ, op by op.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpDivergence {
     /// Layer, 1-based.
     pub layer: usize,
@@ -52,7 +52,7 @@ impl std::fmt::Display for OpDivergence {
 
 /// The drift of every op both runs recorded, layer by layer in execution
 /// order.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OpProfile {
     /// One entry per layer × op (ops only one side computes — the oracle's
     /// written-out attention against a fused kernel — are left out).
@@ -130,7 +130,7 @@ impl OpProfile {
 }
 
 /// One layer's error, split into what it adds and what it inherits.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LayerOrigin {
     /// Layer, 1-based.
     pub layer: usize,
@@ -154,7 +154,7 @@ pub struct LayerOrigin {
 }
 
 /// A least-squares fit through the origin, `total_l ≈ c · x_l`.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Fit {
     /// The coefficient `c`.
     pub c: f64,
@@ -163,7 +163,7 @@ pub struct Fit {
 }
 
 /// Local vs inherited error of one comparison, layer by layer.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LocalProfile {
     /// Per layer.
     pub layers: Vec<LayerOrigin>,

@@ -80,59 +80,27 @@ pub fn load_profiles(path: &Path) -> Result<Vec<Profile>, String> {
 }
 
 fn load_json(path: &Path) -> Result<Vec<Profile>, String> {
-    let bad = |m: String| format!("{}: {m}", path.display());
-    let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read: {e}")))?;
-    let doc: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
-    let outcomes = doc
-        .get("outcomes")
-        .and_then(|o| o.as_array())
-        .ok_or_else(|| bad("no `outcomes`: not a `layerdrift run --json` result".into()))?;
+    let doc = crate::engine::JsonReport::read(path)?;
     let mut out = Vec::new();
-    for o in outcomes {
-        let c = &o["comparison"];
-        let side = |x: &serde_json::Value| {
-            format!(
-                "{}/{}",
-                x["backend"].as_str().unwrap_or(""),
-                x["strategy"].as_str().unwrap_or("")
-            )
-        };
+    for o in doc.outcomes {
+        let c = &o.comparison;
         // Two backends' comparisons share a check name: key by side a too.
-        let check = format!("{} ({})", c["name"].as_str().unwrap_or("?"), side(&c["a"]));
-        for v in o["variants"].as_array().into_iter().flatten() {
-            let p = &v["profile"];
-            if p.is_null() {
-                continue;
-            }
-            let num = |l: &serde_json::Value, k: &str| l[k].as_f64().unwrap_or(f64::NAN);
-            let layers = p["layers"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|l| {
-                    Line::new(
-                        &[
-                            (Metric::MeanAbs, num(l, "mean_abs")),
-                            (Metric::MaxAbs, num(l, "max_abs")),
-                            (Metric::Rms, num(l, "rms")),
-                            (Metric::Equal, num(l, "equal_share")),
-                        ],
-                        l["non_finite"].as_u64().unwrap_or(0) > 0,
-                    )
-                })
+        let check = format!("{} ({})", c.name, c.a);
+        for v in o.variants {
+            let Some(p) = v.profile else { continue };
+            let layers = p
+                .layers
+                .iter()
+                .map(|l| Line::new(&Metric::ALL.map(|m| (m, m.value(l))), l.non_finite > 0))
                 .collect();
-            let fd = &p["first_divergence"];
             out.push(Profile {
                 check: check.clone(),
-                b: side(&c["b"]),
-                variant: v["variant"].as_str().unwrap_or("").to_string(),
+                b: c.b.to_string(),
+                variant: v.variant,
                 layers,
-                first_divergence: if fd.is_null() {
-                    "none".into()
-                } else {
-                    format!("row {}, layer {}", fd["row"], fd["layer"])
-                },
+                first_divergence: p.first_divergence.map_or("none".into(), |d| {
+                    format!("row {}, layer {}", d.row, d.layer)
+                }),
             });
         }
     }
@@ -553,8 +521,9 @@ mod tests {
     use super::*;
 
     fn snap(lines: &[&str], first: &str) -> String {
-        let mut s = String::from(
-            "---\nsource: x\n---\nscenario: t\nbackend: tch-cpu\ncolumns: c\ncomparisons:\n",
+        let mut s = format!(
+            "---\nsource: x\n---\nscenario: t\nbackend: tch-cpu\ncolumns: \"{}\"\ncomparisons:\n",
+            crate::snapshot::doc::layer_columns()
         );
         for (check, b) in [
             ("full-vs-rows", "tch-cpu/rows"),

@@ -319,6 +319,43 @@ fn run_names_the_first_divergent_op_and_splits_local_from_inherited_error() {
         serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("valid json");
     let local = &doc["outcomes"][1]["variants"][0]["local"]["layers"];
     assert_eq!(local.as_array().map(Vec::len), Some(6), "{local}");
+    assert_eq!(doc["format"], 1, "the JSON says its format version");
+
+    // The report is read back through the types that wrote it (ops and
+    // local profiles included): review finds it unchanged against itself…
+    let (code, stdout, stderr) = layerdrift(&[
+        "review".as_ref(),
+        json.as_os_str(),
+        json.as_os_str(),
+        "--out".as_ref(),
+        dir.as_os_str(),
+    ]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains(": unchanged"), "{stdout}");
+    // …and refuses a renamed field or another format, naming the file,
+    // instead of reading NaN.
+    let text = std::fs::read_to_string(&json).expect("json");
+    for (name, edited, want) in [
+        (
+            "renamed.json",
+            text.replacen("\"mean_abs\"", "\"mean\"", 1),
+            "not a layerdrift report",
+        ),
+        (
+            "future.json",
+            text.replacen("\"format\": 1", "\"format\": 2", 1),
+            "format 2; this layerdrift reads format 1",
+        ),
+    ] {
+        let f = dir.join(name);
+        std::fs::write(&f, edited).expect("write");
+        let (code, _, stderr) = layerdrift(&["review".as_ref(), f.as_os_str(), json.as_os_str()]);
+        assert_ne!(code, Some(0), "{name}: {stderr}");
+        assert!(
+            stderr.contains(name) && stderr.contains(want),
+            "{name}: {stderr}"
+        );
+    }
 
     for (args, want) in [
         (
