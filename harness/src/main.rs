@@ -29,6 +29,15 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a scenario: per-layer tables, a summary, run times, and SVG plots.
+    #[command(after_help = "Examples:
+  layerdrift run scenarios/seed-residual-mlp.yaml
+  layerdrift run scenarios/small-llama.yaml --backends candle,tch --summary
+  layerdrift run scenarios/small-decoder.yaml --ops all --json out.json
+  layerdrift run scenarios/seed-residual-mlp.yaml --save-baseline before.safetensors
+
+Exit codes: 0 every comparison within its bounds; 1 a comparison out of
+bounds or a backend run failed; 2 bad input (scenario, flag, environment
+variable), or nothing was compared (every backend asked for is missing).")]
     Run {
         /// The scenario file (YAML).
         file: PathBuf,
@@ -71,6 +80,12 @@ enum Command {
     /// arguments), or OLD against NEW (two snapshots, two `--json` results,
     /// or two `--save-baseline` files). Writes an overlay SVG per comparison.
     /// Only reads: accept or reject with `cargo insta review`.
+    #[command(after_help = "Examples:
+  layerdrift review
+  layerdrift review before.json after.json --tolerance 1
+  layerdrift review before.safetensors after.safetensors
+
+Exit codes: 0 reviewed (whatever moved); 2 a file that cannot be read.")]
     Review {
         /// Nothing (every pending snapshot under snapshots/), or OLD NEW.
         files: Vec<PathBuf>,
@@ -86,7 +101,14 @@ enum Command {
     /// where a row's result depends on its position or its neighbours.
     /// Prints a table; writes an SVG (and JSON with `--json`).
     Probe(ProbeArgs),
-    /// Check scenario files without running them (every problem, with its position).
+    /// Check scenario files without running them (every problem, with its
+    /// position), including the headers of the weights, checkpoints, inputs
+    /// and baselines they name.
+    #[command(after_help = "Examples:
+  layerdrift validate
+  layerdrift validate my-model.yaml
+
+Exit codes: 0 every file valid; 2 a problem (each printed as file:line:column: message).")]
     Validate {
         /// Scenario files (default: every file in the scenario directory).
         files: Vec<PathBuf>,
