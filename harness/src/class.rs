@@ -7,11 +7,13 @@
 //! by them (`x86_64-amd-26.2-avx512f`), the GPU for a GPU backend
 //! (`cuda-nvidia-h200`). Snapshots live in `snapshots/{backend}/{class}/`.
 //!
-//! How a snapshot trial checks (see [`mode`]):
-//! - this class has a folder: exactly, through insta — unless its
+//! How a snapshot trial checks (see [`mode`]); coverage is opt-in, a class
+//! covers the snapshots its folder holds:
+//! - this class recorded the file: exactly, through insta — unless its
 //!   `class.yaml` excludes the scenario (an ignored trial with the reason);
-//! - it has none, but other classes recorded the scenario: through a
-//!   tolerance band against them (`snapshot::band`), saying which;
+//! - it did not (no folder, or a folder without that file), but other
+//!   classes did: through a tolerance band against them (`snapshot::band`),
+//!   saying which;
 //! - nobody recorded it: ignored, saying how to record
 //!   (`LAYERDRIFT_RECORD=1 INSTA_UPDATE=always cargo test`).
 
@@ -103,23 +105,33 @@ pub enum Mode {
     Broken(String),
 }
 
-/// How the snapshot of `scenario` named by `matches` (a file name test) is
-/// checked for backend `id` on `class`. `probe` is this machine's `(library
-/// version, probe hash)` for the backend: a recorded class whose
-/// `class.yaml` holds another hash for the same version is banded rather
-/// than compared exactly (planning passes `None`: it only needs to know
-/// whether the trial runs, and probing costs a few runs).
+/// How the snapshot `file` of `scenario` is checked for backend `id` on
+/// `class`; `related` accepts the files of other recordings it may be
+/// banded against (the same file, or a cross pair's file for another class
+/// of the other backend). `probe` is this machine's `(library version,
+/// probe hash)` for the backend: a recorded class whose `class.yaml` holds
+/// another hash for the same version is banded rather than compared exactly
+/// (planning passes `None`: it only needs to know whether the trial runs,
+/// and probing costs a few runs).
+///
+/// Coverage is opt-in: a class covers what it recorded (the file is in its
+/// folder). A file it lacks is banded against the classes that have it, or
+/// is an ignored trial saying how to record it — never a failing exact
+/// comparison against nothing.
 pub fn mode(
     id: BackendId,
     class: &str,
     scenario: &str,
-    matches: &dyn Fn(&str) -> bool,
+    file: &str,
+    related: &dyn Fn(&str) -> bool,
     probe: Option<&(String, String)>,
 ) -> Mode {
     let dir = class_dir(id, class);
-    let banded_anyway = env().band;
-    let mut differs = false;
-    if (dir.is_dir() && !banded_anyway) || env().record {
+    // Whether this class's own folder is left out of the band: only when it
+    // holds the file and computes what it recorded (LAYERDRIFT_BAND=1 bands
+    // a recorded class against the others).
+    let mut own_excluded = false;
+    if dir.is_dir() || env().record {
         let c = match coverage(id, class) {
             Err(e) => return Mode::Broken(e),
             Ok(c) => c,
@@ -130,22 +142,26 @@ pub fn mode(
                 dir.join("class.yaml").display()
             ));
         }
+        if env().record {
+            return Mode::Exact(dir);
+        }
         // Same class name, same library version, other probe bits: this
         // machine does not compute what the recording one did, so it is not
         // compared exactly (below: banded against every class, its own too).
-        differs = !env().record
-            && probe.is_some_and(|(version, mine)| {
-                c.probe.get(version).is_some_and(|theirs| theirs != mine)
-            });
-        if !differs {
+        let differs = probe.is_some_and(|(version, mine)| {
+            c.probe.get(version).is_some_and(|theirs| theirs != mine)
+        });
+        let here = dir.join(file).is_file();
+        if here && !differs && !env().band {
             return Mode::Exact(dir);
         }
+        own_excluded = here && !differs;
     }
-    let own = if differs { "" } else { class };
-    let others = recorded_elsewhere(id, own, matches);
+    let own = if own_excluded { class } else { "" };
+    let others = recorded_elsewhere(id, own, related);
     if others.is_empty() {
         Mode::Ignore(format!(
-            "no snapshots of {id} recorded for class `{class}` or any other: record them with `LAYERDRIFT_RECORD=1 INSTA_UPDATE=always cargo test`"
+            "no class of {id} has recorded `{file}` (this machine's class is `{class}`): record it with `LAYERDRIFT_RECORD=1 INSTA_UPDATE=always cargo test -- {scenario}`"
         ))
     } else {
         Mode::Banded(others)

@@ -99,7 +99,14 @@ pub fn plan(s: &Scenario, session: &Session) -> Vec<TrialPlan> {
             })
             .or_else(|| {
                 let file = format!("{}.snap", own_name(&s.name));
-                match mode(id, &class_of(b.as_ref()), &s.name, &|f| f == file, None) {
+                match mode(
+                    id,
+                    &class_of(b.as_ref()),
+                    &s.name,
+                    &file,
+                    &|f| f == file,
+                    None,
+                ) {
                     Mode::Ignore(why) => Some(why),
                     _ => None,
                 }

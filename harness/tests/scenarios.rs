@@ -109,7 +109,7 @@ fn snapshot_trial(s: &Scenario, id: BackendId) -> Result<(), Failed> {
     let class = class_of(b.as_ref());
     let file = format!("{}.snap", own_name(&s.name));
     let probe = session().probe(id);
-    let mode = mode(id, &class, &s.name, &|f| f == file, probe.as_ref());
+    let mode = mode(id, &class, &s.name, &file, &|f| f == file, probe.as_ref());
     let (doc, drift) = own_doc(s, id)?;
     let mut infos = vec![b.info()];
     if !id.is_oracle() {
@@ -150,7 +150,14 @@ fn check_trial(s: Arc<Scenario>, kind: TrialKind, backend_id: BackendId) -> Resu
         let matches =
             |f: &str| f == file || (!env().record && is_pair_file(f, &s.name, bid, &strategy));
         let probe = session.probe(c.a.backend);
-        let mode = match mode(c.a.backend, &a_class, &s.name, &matches, probe.as_ref()) {
+        let mode = match mode(
+            c.a.backend,
+            &a_class,
+            &s.name,
+            &file,
+            &matches,
+            probe.as_ref(),
+        ) {
             Mode::Ignore(_) => return Ok(()),
             m => m,
         };
@@ -229,7 +236,7 @@ fn dispatch_trials(ignored: &mut IgnoredTrials) -> Vec<Trial> {
             Ok(()) => {
                 let class = class_of(b.as_ref());
                 let file = format!("{DISPATCH_MAP}.snap");
-                match mode(id, &class, DISPATCH_MAP, &|f| f == file, None) {
+                match mode(id, &class, DISPATCH_MAP, &file, &|f| f == file, None) {
                     Mode::Exact(_) | Mode::Broken(_) => None,
                     Mode::Ignore(why) => Some(why),
                     Mode::Banded(_) => Some(format!(
@@ -252,7 +259,14 @@ fn dispatch_trial(id: BackendId) -> Result<(), Failed> {
     let class = class_of(b.as_ref());
     let file = format!("{DISPATCH_MAP}.snap");
     let probe = session().probe(id);
-    let dir = match mode(id, &class, DISPATCH_MAP, &|f| f == file, probe.as_ref()) {
+    let dir = match mode(
+        id,
+        &class,
+        DISPATCH_MAP,
+        &file,
+        &|f| f == file,
+        probe.as_ref(),
+    ) {
         Mode::Exact(dir) => dir,
         Mode::Broken(why) => return Err(why.into()),
         Mode::Ignore(why) => return Err(format!("not checked here: {why}").into()),
