@@ -128,9 +128,12 @@ impl Bounds {
             }
         }
         if let Some(g) = self.growth_exponent
-            && !g.is_finite()
+            && !(g.is_finite() && g > 0.0)
         {
-            out.push(("growth_exponent".into(), format!("must be finite, got {g}")));
+            out.push((
+                "growth_exponent".into(),
+                format!("must be a finite exponent > 0 (1 = linear growth with depth), got {g}"),
+            ));
         }
         out
     }

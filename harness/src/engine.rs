@@ -249,6 +249,7 @@ pub fn use_baseline(s: &mut Scenario, file: &Path) {
             bounds: Bounds::default(),
             backend_bounds: Default::default(),
             baseline_file: Some(file.to_path_buf()),
+            file_at: None,
         });
     }
 }

@@ -119,8 +119,40 @@ impl Session {
 
     /// Loads and validates a scenario against this build's backends and the
     /// machine's memory limit.
+    /// Every file the scenario names is read far enough to refuse here
+    /// what a run would only find later: the weights' and a checkpoint's
+    /// headers and input files (by the scenario's own checks), and each
+    /// baseline check's file, which must be a baseline of this scenario
+    /// holding its variants (positioned at the check's `file:`).
     pub fn load(&self, path: &Path) -> Result<Scenario, ScenarioErrors> {
-        Scenario::load(path, &self.known_ids(), env().memory_limit)
+        let s = Scenario::load(path, &self.known_ids(), env().memory_limit)?;
+        let labels: Vec<&str> = s.variants.iter().map(|v| v.label.as_str()).collect();
+        let mut errors = Vec::new();
+        for (i, c) in s.checks.iter().enumerate() {
+            let Some(file) = &c.baseline_file else {
+                continue;
+            };
+            // A missing file is no error (the check is skipped, saying how
+            // to record it); one that cannot be read, or is another
+            // scenario's, is.
+            let problem = match self.baseline(&s, file) {
+                Ok(b) => b.check_scenario(&s.name, &labels).err(),
+                Err(RunError::Fail(e)) => Some(e),
+                Err(RunError::Skip(_)) => None,
+            };
+            if let Some(e) = problem {
+                errors.push(crate::scenario::ScenarioError {
+                    file: s.path.clone(),
+                    pos: c.file_at,
+                    message: format!("checks[{i}].file: {e}"),
+                });
+            }
+        }
+        if errors.is_empty() {
+            Ok(s)
+        } else {
+            Err(ScenarioErrors(errors))
+        }
     }
 
     /// The backend with id `id`.

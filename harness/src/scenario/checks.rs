@@ -97,6 +97,7 @@ pub(super) fn checks(
             );
         }
         let baseline_file = c.file.as_deref().map(|f| v.relative(f));
+        let file_at = v.index.find(&format!("{at}.file"));
         for (key, problem) in c.bounds.problems() {
             v.err(&format!("{at}.bounds.{key}"), problem);
         }
@@ -162,6 +163,7 @@ pub(super) fn checks(
             bounds: c.bounds,
             backend_bounds: c.backend_bounds,
             baseline_file,
+            file_at,
         });
     }
 

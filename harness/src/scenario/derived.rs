@@ -128,8 +128,20 @@ pub(super) fn derived(v: &mut Validator<'_>, mut f: Fields, memory_limit: u64) -
         return None;
     }
 
-    // Prefill against every sequence length.
+    // Prefill and chunks against every sequence length.
     for (i, s) in f.strategies.iter().enumerate() {
+        if let super::StrategyKind::Chunked { chunk } = s.kind {
+            for &seq in &g.seqs {
+                if chunk >= seq {
+                    v.err(
+                        &format!("strategies[{i}].chunked.chunk"),
+                        format!(
+                            "chunk {chunk} must be smaller than seq {seq}: one chunk of the whole sequence is the full pass, and compares nothing"
+                        ),
+                    );
+                }
+            }
+        }
         if let Some(prefill) = s.prefill() {
             for &seq in &g.seqs {
                 if prefill >= seq {

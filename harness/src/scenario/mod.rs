@@ -124,6 +124,9 @@ pub struct Check {
     /// A baseline check's file (`file:`, relative to the scenario), if given;
     /// `layerdrift run --baseline FILE` overrides it.
     pub baseline_file: Option<PathBuf>,
+    /// Where `file:` stands in the scenario file (for errors about the
+    /// baseline it names).
+    pub file_at: Option<Pos>,
 }
 
 impl Check {

@@ -123,6 +123,39 @@ fn pos(m: &Marker) -> Pos {
 /// Walks `text` (already decoded), indexing value positions and refusing
 /// duplicate keys, extra documents, deep nesting and alias bombs.
 pub fn scan(text: &str) -> Result<PathIndex, Vec<TextError>> {
+    // Indentation with a space that is not ASCII (a no-break space pasted
+    // from a web page, an ideographic space): YAML sees text, not indent,
+    // and the parser's error lands on a later line. Said where it is.
+    let odd: Vec<TextError> = text
+        .lines()
+        .enumerate()
+        .filter_map(|(i, line)| {
+            let (col, c) = line
+                .chars()
+                .take_while(|c| c.is_whitespace())
+                .enumerate()
+                .find(|(_, c)| !c.is_ascii())?;
+            Some((
+                Some(Pos {
+                    line: i + 1,
+                    col: col + 1,
+                }),
+                format!(
+                    "indentation with U+{:04X} ({}): YAML indents with ASCII spaces only; replace it with a space",
+                    c as u32,
+                    match c {
+                        '\u{a0}' => "a no-break space",
+                        '\u{3000}' => "an ideographic space",
+                        '\u{2000}'..='\u{200a}' => "a typographic space",
+                        _ => "a non-ASCII space",
+                    }
+                ),
+            ))
+        })
+        .collect();
+    if !odd.is_empty() {
+        return Err(odd);
+    }
     // A tab between a key and its value is legal YAML that yaml-rust2
     // rejects; as a space it keeps every column, and only this index sees it.
     let spaced;
