@@ -1,5 +1,7 @@
-//! Runs and their memo: every (scenario, variant, backend, strategy) is run
-//! at most once per process, and only one backend run happens at a time.
+//! Runs and their memo: every run is computed at most once per process,
+//! keyed by what it computes (model, weights, input, dtype, schedule,
+//! observed rows, execution, threads, backend — not by the file that asked
+//! for it), and only one backend run happens at a time.
 //!
 //! Under `cargo test` all trials share one [`Session`], so the checks of one
 //! scenario never repeat a forward pass; under cargo-nextest (a process per
@@ -203,7 +205,9 @@ impl Session {
             .clone()
     }
 
-    /// The memo key of variant `v`'s weights: their source and shapes.
+    /// The memo key of variant `v`'s weights: their source (for a file or a
+    /// checkpoint, with each file's size and modification time, so a file
+    /// rewritten in between is read again) and shapes.
     fn weights_key(s: &Scenario, v: usize) -> String {
         let shapes: Vec<_> = s.variants[v]
             .model
@@ -211,7 +215,23 @@ impl Session {
             .into_iter()
             .map(|p| (p.name, p.shape))
             .collect();
-        format!("{:?}{:?}", s.weights, shapes)
+        let stamp = |f: &Path| {
+            std::fs::metadata(f)
+                .map(|m| format!("{}@{:?}", m.len(), m.modified().ok()))
+                .unwrap_or_default()
+        };
+        let files = match &s.weights {
+            WeightSource::Init { .. } => String::new(),
+            WeightSource::File(f) => stamp(f),
+            WeightSource::Checkpoint { dir, .. } => layerdrift_backends::hf::weight_files(dir)
+                .unwrap_or_default()
+                .iter()
+                .chain(std::iter::once(&dir.join("config.json")))
+                .map(|f| stamp(f))
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        format!("{:?}[{files}]{:?}", s.weights, shapes)
     }
 
     /// The memo key of variant `v`'s input: variants of one input shape
@@ -307,10 +327,42 @@ impl Session {
             .clone()
     }
 
+    /// The memo key of a run: what it computes, not where it was written —
+    /// the backend, the model, the weights' and the input's keys, the dtype,
+    /// the schedule (`computed`: a strategy name, or `observed rows` for
+    /// the oracle's one run of a row-independent model), the observed rows,
+    /// the execution mode, the threads and whether op checkpoints are
+    /// recorded. Two scenario files describing the same run share it; one
+    /// file edited between loads does not.
+    fn run_key(s: &Scenario, v: usize, backend: BackendId, computed: &str) -> String {
+        let var = &s.variants[v];
+        let schedule = s.strategy(computed).map(|st| st.schedule(var.seq));
+        format!(
+            "{backend}|{:?}|{}|{}|{:?}|{computed}:{schedule:?}|{:?}|{:?}|{:?}|ops={}",
+            var.model,
+            Session::weights_key(s, v),
+            Session::input_key(s, v),
+            var.dtype,
+            var.observed,
+            var.execution,
+            s.threads,
+            s.diagnose.ops.is_some()
+        )
+    }
+
     /// The identity of variant `v` of `s` as a baseline records it (its
     /// model, shapes, rows, and a hash of its weights and input).
     pub fn variant_key(&self, s: &Scenario, v: usize) -> Result<VariantKey, String> {
-        let key = format!("{}#{v}", s.path.display());
+        let var = &s.variants[v];
+        let key = format!(
+            "{:?}|{}|{}|{:?}|{:?}|{:?}",
+            var.model,
+            Session::weights_key(s, v),
+            Session::input_key(s, v),
+            var.dtype,
+            var.observed,
+            var.execution
+        );
         slot(&self.keys, key)
             .get_or_init(|| {
                 // Variants of one model share weights: hash them once.
@@ -455,7 +507,7 @@ impl Session {
         } else {
             strategy
         };
-        let key = format!("{}#{v}#{backend}#{computed}", s.path.display());
+        let key = Session::run_key(s, v, backend, computed);
         slot(&self.runs, key)
             .get_or_init(|| self.execute(s, v, backend, strategy, None))
             .clone()
@@ -474,8 +526,8 @@ impl Session {
         (by_name, by): (&str, &Checkpoints),
     ) -> Result<Arc<Run>, RunError> {
         let key = format!(
-            "{}#{v}#{backend}#{strategy}#forced-by#{by_name}",
-            s.path.display()
+            "{}#forced-by#{by_name}",
+            Session::run_key(s, v, backend, strategy)
         );
         slot(&self.runs, key)
             .get_or_init(|| self.execute(s, v, backend, strategy, Some(by)))
@@ -556,5 +608,42 @@ fn to_run_error(e: BackendError) -> RunError {
         RunError::Skip(e.to_string())
     } else {
         RunError::Fail(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two files describing one computation share its run; a file that
+    /// changes a seed gets its own.
+    #[test]
+    fn runs_are_memoised_by_content_not_by_file() {
+        let dir = std::env::temp_dir().join(format!("ld-session-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let yaml = |seed: u64| {
+            format!(
+                "model: {{ kind: residual_mlp, layers: 2, dim: 8, hidden: 16 }}\n\
+                 weights: {{ init: {{ seed: {seed}, std: 0.2 }} }}\n\
+                 input: {{ batch: 2, seq: 4, seed: 1 }}\n\
+                 strategies: [full, rows]\n\
+                 checks: [{{ oracle: full }}]\n"
+            )
+        };
+        let session = Session::new();
+        let load = |name: &str, seed: u64| {
+            let f = dir.join(name);
+            std::fs::write(&f, yaml(seed)).unwrap();
+            session.load(&f).unwrap()
+        };
+        let (a, b, c) = (load("a.yaml", 3), load("b.yaml", 3), load("c.yaml", 4));
+        let run = |s: &Scenario| session.run(s, 0, ORACLE, "full").unwrap();
+        assert!(Arc::ptr_eq(&run(&a), &run(&b)), "one computation, one run");
+        assert!(
+            !Arc::ptr_eq(&run(&a), &run(&c)),
+            "another seed, another run"
+        );
+        assert_ne!(run(&a).checkpoints, run(&c).checkpoints);
+        std::fs::remove_dir_all(&dir).ok();
     }
 }
