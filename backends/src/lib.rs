@@ -28,38 +28,33 @@
 //! the backends differ only where the libraries differ — which is what we
 //! measure.
 
+pub mod adapters;
 pub mod backend;
 pub mod cpu;
 pub mod device;
 pub mod dtype;
 mod exec;
-mod fingerprint;
 pub mod hf;
 pub mod host;
 pub mod model;
 mod ops;
 pub mod probe;
-pub mod reference;
+pub mod registry;
 pub mod request;
 mod rng;
 pub mod weights;
 
-#[cfg(feature = "burn")]
-mod burn;
-#[cfg(feature = "candle")]
-mod candle;
-#[cfg(feature = "tch")]
-mod tch;
-
-pub use backend::{Backend, BackendError, BackendInfo, Capability, registry};
+pub use adapters::reference;
+pub use backend::{Backend, BackendError, BackendInfo, Capability};
 pub use device::{BackendId, DeviceKind};
 pub use dtype::DType;
-pub use fingerprint::fingerprint;
+pub use probe::fingerprint::fingerprint;
 pub use host::{HostTensor, Tokens};
 pub use model::{
     Activation, AttentionForm, DecoderSpec, Gpt2Spec, LlamaSpec, ModelSpec, Norm, ResidualMlpSpec,
 };
 pub use probe::{ProbeOp, ProbePoint, ProbeRequest};
+pub use registry::registry;
 pub use request::{
     Checkpoints, Diagnose, Execution, HeadCheckpoints, OpCheckpoint, Row, RunRequest, Schedule,
 };

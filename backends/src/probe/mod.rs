@@ -13,6 +13,8 @@
 //! adapter code ([`Ops`]) the models use, so what the probe sees is what a
 //! model's layer sees.
 
+pub mod fingerprint;
+
 use std::fmt;
 
 use crate::dtype::DType;
