@@ -48,11 +48,11 @@ pub use adapters::reference;
 pub use backend::{Backend, BackendError, BackendInfo, Capability};
 pub use device::{BackendId, DeviceKind};
 pub use dtype::DType;
-pub use probe::fingerprint::fingerprint;
 pub use host::{HostTensor, Tokens};
 pub use model::{
     Activation, AttentionForm, DecoderSpec, Gpt2Spec, LlamaSpec, ModelSpec, Norm, ResidualMlpSpec,
 };
+pub use probe::fingerprint::fingerprint;
 pub use probe::{ProbeOp, ProbePoint, ProbeRequest};
 pub use registry::registry;
 pub use request::{

@@ -7,8 +7,8 @@ mod common;
 use common::{available, decoder, gpt2, llama, max_abs, mlp, run};
 use layerdrift_backends::reference::Reference;
 use layerdrift_backends::{
-    AttentionForm, Backend, Checkpoints, DType, Execution, HostTensor, ModelSpec, Row, RunRequest,
-    Schedule, Weights, generate_input,
+    Activation, AttentionForm, Backend, Checkpoints, DType, DecoderSpec, Execution, HostTensor,
+    ModelSpec, Norm, ResidualMlpSpec, Row, RunRequest, Schedule, Weights, generate_input,
 };
 
 const TOL: f64 = 1e-5;
@@ -33,6 +33,57 @@ fn residual_mlp_matches_the_oracle() {
                     b.id()
                 );
             }
+        }
+    }
+}
+
+/// Every activation and norm each adapter writes out (erf and tanh GELU,
+/// SiLU, `gelu_new`; LayerNorm, RMSNorm), in the MLP and in a cached
+/// RMSNorm decoder.
+#[test]
+fn every_activation_and_norm_matches_the_oracle() {
+    let mut models = Vec::new();
+    for activation in [
+        Activation::GeluErf,
+        Activation::GeluTanh,
+        Activation::GeluNew,
+        Activation::Silu,
+    ] {
+        for norm in [Norm::LayerNorm, Norm::RmsNorm] {
+            models.push((
+                ModelSpec::ResidualMlp(ResidualMlpSpec {
+                    layers: 2,
+                    dim: 8,
+                    hidden: 12,
+                    activation,
+                    norm,
+                    eps: 1e-5,
+                    residual: true,
+                }),
+                Schedule::Full,
+            ));
+        }
+    }
+    models.push((
+        ModelSpec::Decoder(DecoderSpec {
+            layers: 2,
+            dim: 8,
+            heads: 2,
+            hidden: 16,
+            activation: Activation::Silu,
+            norm: Norm::RmsNorm,
+            eps: 1e-6,
+            rope_theta: Some(10_000.0),
+            attention: AttentionForm::Manual,
+        }),
+        Schedule::kv_cache(3, 6),
+    ));
+    for (m, s) in &models {
+        let truth = run(&Reference, m, &Schedule::Full).unwrap();
+        for b in available() {
+            let got = run(b.as_ref(), m, s).unwrap();
+            let d = max_abs(&got, &truth);
+            assert!(d < TOL, "{} {m:?} {s:?}: max |Δ| {d:e} vs oracle", b.id());
         }
     }
 }
