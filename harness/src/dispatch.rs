@@ -131,6 +131,27 @@ pub fn shapes_of(scenarios: &[Scenario], max_width: usize) -> Vec<Shape> {
     set.into_iter().collect()
 }
 
+/// The shapes of the scenario files `files` (loaded through `session`),
+/// at widths up to `max_width`. With `everyday_only`, full-size
+/// (`slow: manual`) scenarios are left out, as the dispatch-map snapshot
+/// leaves them: `layerdrift probe` with no files and the test suite probe
+/// the same shapes. The error is the first file's problems.
+pub fn scenario_shapes(
+    session: &crate::session::Session,
+    files: &[std::path::PathBuf],
+    max_width: usize,
+    everyday_only: bool,
+) -> Result<Vec<Shape>, crate::scenario::ScenarioErrors> {
+    let mut scenarios = Vec::new();
+    for f in files {
+        let s = session.load(f)?;
+        if !(everyday_only && s.slow == crate::scenario::Cost::Manual) {
+            scenarios.push(s);
+        }
+    }
+    Ok(shapes_of(&scenarios, max_width))
+}
+
 /// The row counts probed by default: every `M` from 1 to 64, then the
 /// powers of two up to 4096.
 pub fn default_rows() -> Vec<usize> {

@@ -245,17 +245,15 @@ fn probe(a: ProbeArgs) -> Result<ExitCode> {
     } else {
         a.scenarios.clone()
     };
-    let mut scenarios = Vec::new();
-    for f in &files {
-        match session.load(f) {
-            Ok(s) => scenarios.push(s),
+    // With no files, the shapes the test suite's dispatch map probes.
+    let mut shapes =
+        match dispatch::scenario_shapes(&session, &files, a.max_width, a.scenarios.is_empty()) {
+            Ok(s) => s,
             Err(e) => {
                 eprintln!("{e}");
                 return Ok(ExitCode::from(2));
             }
-        }
-    }
-    let mut shapes = dispatch::shapes_of(&scenarios, a.max_width);
+        };
     if !a.ops.is_empty() {
         shapes.retain(|s| a.ops.contains(&s.op));
     }

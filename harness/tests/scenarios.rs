@@ -278,15 +278,10 @@ fn dispatch_trial(id: BackendId) -> Result<(), Failed> {
         }
     };
     // The scenarios `cargo test` runs: a full-size (`slow: manual`) one's
-    // widths are probed by `layerdrift probe` when asked, not here.
-    let mut scenarios = Vec::new();
-    for f in scenario_files(&scenario_dir())? {
-        let s = session().load(&f).map_err(|e| e.to_string())?;
-        if s.slow != layerdrift::scenario::Cost::Manual {
-            scenarios.push(s);
-        }
-    }
-    let shapes = dispatch::shapes_of(&scenarios, 3072);
+    // widths are probed by `layerdrift probe FILE` when asked, not here.
+    let shapes =
+        dispatch::scenario_shapes(session(), &scenario_files(&scenario_dir())?, 3072, true)
+            .map_err(|e| e.to_string())?;
     let rows = dispatch::default_rows();
     let t = std::time::Instant::now();
     let map = dispatch::probe_backend(b.as_ref(), &class, &shapes, &rows, DType::F32, Some(2));
