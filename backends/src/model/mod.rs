@@ -231,6 +231,15 @@ impl ModelSpec {
         }
     }
 
+    /// The longest sequence the model can read: GPT-2's learned positions;
+    /// `None` where positions are rotary or absent.
+    pub fn max_positions(&self) -> Option<usize> {
+        match self {
+            ModelSpec::ResidualMlp(_) | ModelSpec::Decoder(_) | ModelSpec::Llama(_) => None,
+            ModelSpec::Gpt2(m) => Some(m.positions),
+        }
+    }
+
     /// The same model computing attention as `form` (the oracle writes
     /// fused attention out).
     pub fn with_attention(&self, form: AttentionForm) -> ModelSpec {

@@ -128,6 +128,26 @@ pub(super) fn derived(v: &mut Validator<'_>, mut f: Fields, memory_limit: u64) -
         return None;
     }
 
+    // Learned positions against every sequence length.
+    for model in g.models() {
+        if let Some(max) = model.max_positions()
+            && let Some(&seq) = g.seqs.iter().find(|s| **s > max)
+        {
+            let at = if v.index.has("input.tokens.seq") {
+                "input.tokens.seq"
+            } else {
+                "input"
+            };
+            v.err(
+                at,
+                format!(
+                    "seq {seq} is longer than the model's {max} learned positions: shorten the sequence, or give the model more `positions:`"
+                ),
+            );
+            break;
+        }
+    }
+
     // Prefill and chunks against every sequence length.
     for (i, s) in f.strategies.iter().enumerate() {
         if let super::StrategyKind::Chunked { chunk } = s.kind {
