@@ -35,7 +35,7 @@ pub const VARS: &[Var] = &[
     },
     Var {
         name: "LAYERDRIFT_RECORD",
-        effect: "`1`: snapshot trials run on a machine class with no snapshots yet, so that `INSTA_UPDATE=always` records them",
+        effect: "`1`: snapshot trials compare against (or record into) this machine's class folder even where it lacks the file, so that `INSTA_UPDATE=always` records them",
     },
     Var {
         name: "LAYERDRIFT_BAND",
