@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use crate::host::HostTensor;
 use crate::model::{Gpt2Spec, LlamaSpec, ModelSpec};
 use crate::weights::{
-    READABLE, Weights, WeightsError, check_shapes, read_safetensors_stored, safetensors_header,
+    Weights, WeightsError, check_shapes, read_safetensors_stored, readable_header,
 };
 
 /// What can go wrong reading a checkpoint folder.
@@ -262,13 +262,7 @@ pub fn load(dir: &Path, layers: Option<usize>) -> Result<Checkpoint, HfError> {
         all.extend(read_safetensors_stored(&f)?);
     }
     // A tied head saved anyway must equal the embedding, value for value.
-    let all = select(dir, &model, all, |lm, emb| lm.0 == emb.0)?;
-    let mut stored = BTreeMap::new();
-    let mut tensors = BTreeMap::new();
-    for (name, (t, dtype)) in all {
-        *stored.entry(dtype).or_insert(0) += 1;
-        tensors.insert(name, t);
-    }
+    let (tensors, stored) = by_dtype(select(dir, &model, all, |lm, emb| lm.0 == emb.0)?);
     let weights = Weights::from_tensors(&model, tensors, dir)?;
     Ok(Checkpoint {
         model,
@@ -286,32 +280,33 @@ pub fn inspect(
     layers: Option<usize>,
 ) -> Result<(ModelSpec, BTreeMap<String, usize>), HfError> {
     let model = read_config(dir, layers)?;
-    let mut all: BTreeMap<String, (String, Vec<usize>)> = BTreeMap::new();
+    // Name → (shape, stored dtype), as `load` keeps (tensor, stored dtype).
+    let mut all: BTreeMap<String, (Vec<usize>, String)> = BTreeMap::new();
     for f in weight_files(dir)? {
-        let header = safetensors_header(&f)?;
-        for (name, (dtype, _)) in &header {
-            if !READABLE.contains(&dtype.as_str()) {
-                return Err(WeightsError::DType {
-                    path: f.clone(),
-                    name: name.clone(),
-                    found: dtype.clone(),
-                }
-                .into());
-            }
-        }
-        all.extend(header);
+        all.extend(
+            readable_header(&f)?
+                .into_iter()
+                .map(|(name, (dtype, shape))| (name, (shape, dtype))),
+        );
     }
     // The header cannot tell a tied head's values: its shape must match
     // (`load` compares the values).
-    let all = select(dir, &model, all, |lm, emb| lm.1 == emb.1)?;
-    let mut stored = BTreeMap::new();
-    let mut shapes = BTreeMap::new();
-    for (name, (dtype, shape)) in all {
-        *stored.entry(dtype).or_insert(0) += 1;
-        shapes.insert(name, shape);
-    }
+    let (shapes, stored) = by_dtype(select(dir, &model, all, |lm, emb| lm.0 == emb.0)?);
     check_shapes(&model, &shapes, dir)?;
     Ok((model, stored))
+}
+
+/// Splits `name → (value, stored dtype)` into the values and the count of
+/// tensors per stored dtype.
+fn by_dtype<T>(
+    all: BTreeMap<String, (T, String)>,
+) -> (BTreeMap<String, T>, BTreeMap<String, usize>) {
+    let (mut values, mut stored) = (BTreeMap::new(), BTreeMap::new());
+    for (name, (v, dtype)) in all {
+        *stored.entry(dtype).or_insert(0) += 1;
+        values.insert(name, v);
+    }
+    (values, stored)
 }
 
 /// The tensors of `all` that `model` uses, under its names (GPT2Model's

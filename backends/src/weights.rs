@@ -172,16 +172,7 @@ impl Weights {
     /// What [`Weights::load`] would refuse, from the file's header alone (no
     /// tensor data is read): names, dtypes and shapes. `validate` runs it.
     pub fn check_file(model: &ModelSpec, path: &Path) -> Result<(), WeightsError> {
-        let header = safetensors_header(path)?;
-        for (name, (dtype, _)) in &header {
-            if !READABLE.contains(&dtype.as_str()) {
-                return Err(WeightsError::DType {
-                    path: path.into(),
-                    name: name.clone(),
-                    found: dtype.clone(),
-                });
-            }
-        }
+        let header = readable_header(path)?;
         refuse_unexpected(model, header.keys(), path)?;
         let shapes = header.into_iter().map(|(k, (_, s))| (k, s)).collect();
         check_shapes(model, &shapes, path)
@@ -204,7 +195,26 @@ impl Weights {
 }
 
 /// The stored dtypes read into f32 exactly.
-pub(crate) const READABLE: &[&str] = &["F32", "F16", "BF16"];
+const READABLE: &[&str] = &["F32", "F16", "BF16"];
+
+/// [`safetensors_header`], refusing (as reading the data would) a tensor
+/// stored in a dtype that is not read into f32 exactly.
+pub(crate) fn readable_header(
+    path: &Path,
+) -> Result<BTreeMap<String, (String, Vec<usize>)>, WeightsError> {
+    let header = safetensors_header(path)?;
+    match header
+        .iter()
+        .find(|(_, (dtype, _))| !READABLE.contains(&dtype.as_str()))
+    {
+        Some((name, (dtype, _))) => Err(WeightsError::DType {
+            path: path.into(),
+            name: name.clone(),
+            found: dtype.clone(),
+        }),
+        None => Ok(header),
+    }
+}
 
 /// Every parameter of `model` is in `found` with its shape.
 pub(crate) fn check_shapes(

@@ -794,11 +794,7 @@ teacher forcing: {:.1} s of forced runs on top of {:.1} s of plain runs ({:.2}×
     // A run that compared nothing (every backend asked for is missing here,
     // or every comparison was skipped) has checked nothing: it must not
     // pass as if it had.
-    let compared = report
-        .outcomes
-        .iter()
-        .flat_map(|o| &o.variants)
-        .any(|v| v.profile.is_some());
+    let compared = report.outcomes.iter().any(|o| o.compared() > 0);
     if !compared && !report.has_failures() {
         let mut why: Vec<String> = report
             .participants

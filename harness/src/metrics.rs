@@ -57,6 +57,13 @@ pub struct Divergence {
     pub layer: usize,
 }
 
+impl std::fmt::Display for Divergence {
+    /// `row 0, layer 3`, as snapshots and reviews write it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "row {}, layer {}", self.row, self.layer)
+    }
+}
+
 /// The drift between two runs, layer by layer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DriftProfile {

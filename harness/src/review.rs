@@ -98,9 +98,7 @@ fn load_json(path: &Path) -> Result<Vec<Profile>, String> {
                 b: c.b.to_string(),
                 variant: v.variant,
                 layers,
-                first_divergence: p.first_divergence.map_or("none".into(), |d| {
-                    format!("row {}, layer {}", d.row, d.layer)
-                }),
+                first_divergence: p.first_divergence.map_or("none".into(), |d| d.to_string()),
             });
         }
     }

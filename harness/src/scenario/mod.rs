@@ -198,17 +198,6 @@ pub enum Cost {
     Manual,
 }
 
-impl Cost {
-    /// The YAML value.
-    pub fn name(self) -> &'static str {
-        match self {
-            Cost::Everyday => "false",
-            Cost::Slow => "true",
-            Cost::Manual => "manual",
-        }
-    }
-}
-
 impl WeightSource {
     /// One line for a run's header: where the weights come from and, for a
     /// checkpoint, the dtypes it stored and how they were read (from the

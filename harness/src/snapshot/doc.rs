@@ -120,9 +120,7 @@ impl DriftSnapshot {
                                 variant: v.variant.clone(),
                                 skipped: None,
                                 first_divergence: Some(
-                                    p.first_divergence.map_or("none".into(), |d| {
-                                        format!("row {}, layer {}", d.row, d.layer)
-                                    }),
+                                    p.first_divergence.map_or("none".into(), |d| d.to_string()),
                                 ),
                                 growth_exponent: Some(
                                     p.growth
