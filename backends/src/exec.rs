@@ -8,14 +8,16 @@
 //! replaces it.
 
 use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, OnceLock};
 
 use crate::backend::BackendError;
 use crate::dtype::DType;
 use crate::host::HostTensor;
 use crate::model::{ModelSpec, mlp, transformer};
 use crate::ops::{Layout, OpResult, Ops};
-use crate::probe::{self, ProbeRequest};
-use crate::request::{Checkpoints, Execution, OpCheckpoint, RunRequest};
+use crate::probe::{self, ProbeOp, ProbePoint, ProbeRequest};
+use crate::request::{Checkpoints, Execution, OpCheckpoint, RunRequest, Schedule};
 use crate::weights::Weights;
 
 /// Runs `req` with `ops`; `backend` names the backend in errors.
@@ -29,9 +31,14 @@ pub(crate) fn run<O: Ops>(
         message,
     };
     req.schedule.fits(req.model).map_err(lib)?;
+    let pins = match req.execution {
+        Execution::Pinned { anchor } => Some(pin(ops, backend, req, anchor).map_err(lib)?),
+        Execution::Standard | Execution::BatchInvariant | Execution::FixedShape { .. } => None,
+    };
+    let pins = pins.as_ref();
     match (req.model, req.model.plan()) {
-        (ModelSpec::ResidualMlp(m), _) => mlp::run(ops, m, req).map_err(lib),
-        (_, Some(plan)) => transformer::run(ops, &plan, req).map_err(lib),
+        (ModelSpec::ResidualMlp(m), _) => mlp::run(ops, m, req, pins).map_err(lib),
+        (_, Some(plan)) => transformer::run(ops, &plan, req, pins).map_err(lib),
         (m, None) => Err(lib(format!(
             "internal: the {} model has neither a forward pass nor a transformer plan",
             m.kind()
@@ -258,11 +265,253 @@ pub(crate) fn pad_to<O: Ops>(
 }
 
 /// How the row-mixing ops of one run are called ([`Execution`]), and the
-/// zeros fixed-shape execution pads its tiles with.
-pub(crate) struct Mode<O: Ops> {
+/// zeros fixed-shape and pinned execution pad with.
+pub(crate) struct Mode<'p, O: Ops> {
     execution: Execution,
-    /// Fixed shape: `[1, tile, dim]` zeros.
+    /// Fixed shape: `[1, tile, dim]` zeros; pinned: `[1, most padded rows,
+    /// dim]`.
     pad: Option<O::T>,
+    /// Pinned: the certified row counts.
+    pins: Option<&'p Pins>,
+}
+
+/// What a pinned run pads its calls to ([`Execution::Pinned`]): each row
+/// count it calls the row-wise ops with (norms, linears, the feed-forward:
+/// `batch × positions` of a segment) mapped to the certified count it is
+/// padded to, and the same for attention's queries (a segment's positions,
+/// per batch element). Made by [`certify`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Pins {
+    pub(crate) rows: BTreeMap<usize, usize>,
+    pub(crate) queries: BTreeMap<usize, usize>,
+}
+
+impl Pins {
+    /// The certified count `n` rows are padded to (`rows` or `queries`).
+    pub(crate) fn padded(map: &BTreeMap<usize, usize>, n: usize) -> OpResult<usize> {
+        map.get(&n).copied().ok_or_else(|| {
+            format!("internal: pinned execution met {n} rows, a count it did not certify")
+        })
+    }
+}
+
+/// The row counts `req` calls its row-wise ops with and its attention's
+/// queries, and the key capacity (the input's sequence length; 0 without
+/// attention).
+fn natural_counts(req: &RunRequest<'_>) -> (Vec<usize>, Vec<usize>, usize) {
+    let (batch, seq) = (req.input.shape[0], req.input.shape[1]);
+    let mut rows = Vec::new();
+    let mut queries = Vec::new();
+    let segments: Vec<(usize, usize)> = match req.schedule {
+        Schedule::Full => vec![(0, seq)],
+        Schedule::Segments(s) => s.clone(),
+        Schedule::Rows => Vec::new(),
+    };
+    match (req.model.plan(), req.schedule) {
+        (None, Schedule::Rows) => rows.push(req.observed.len()),
+        (None, _) => rows.push(batch * seq),
+        (Some(_), _) => {
+            for (start, end) in segments {
+                rows.push(batch * (end - start));
+                queries.push(end - start);
+            }
+        }
+    }
+    for v in [&mut rows, &mut queries] {
+        v.sort_unstable();
+        v.dedup();
+    }
+    let capacity = if req.model.plan().is_some() { seq } else { 0 };
+    (rows, queries, capacity)
+}
+
+/// Probe points already measured in this process, by backend, op, shape,
+/// row count, dtype and threads: certification probes each once.
+fn probe_memo() -> &'static Mutex<HashMap<String, ProbePoint>> {
+    static MEMO: OnceLock<Mutex<HashMap<String, ProbePoint>>> = OnceLock::new();
+    MEMO.get_or_init(Default::default)
+}
+
+/// Certifies `req`'s row counts for pinned execution on `backend` with the
+/// kernel-dispatch probe at its model's ops ([`certify`]).
+fn pin<O: Ops>(ops: &O, backend: &str, req: &RunRequest<'_>, anchor: usize) -> OpResult<Pins> {
+    let (rows, queries, capacity) = natural_counts(req);
+    let probes = req.model.probes(capacity);
+    let mut point = |i: usize, m: usize| -> OpResult<ProbePoint> {
+        let (op, width, out, heads) = probes[i];
+        let key = format!(
+            "{backend}|{op}|{width}|{out}|{heads}|{m}|{}|{:?}",
+            req.dtype.name(),
+            req.threads
+        );
+        if let Some(p) = probe_memo().lock().map_err(|e| e.to_string())?.get(&key) {
+            return Ok(*p);
+        }
+        let p = probe::run(
+            ops,
+            &ProbeRequest {
+                op,
+                width,
+                out,
+                heads,
+                rows: vec![m],
+                dtype: req.dtype,
+                threads: req.threads,
+            },
+        )?[0];
+        probe_memo()
+            .lock()
+            .map_err(|e| e.to_string())?
+            .insert(key, p);
+        Ok(p)
+    };
+    certify(&probes, &rows, &queries, anchor, &mut point)
+}
+
+/// `op width→out` / `op over width` / `attention, H heads × width over K
+/// keys`: a probed op's shape, for messages.
+fn shape_of((op, width, out, heads): (ProbeOp, usize, usize, usize)) -> String {
+    match op {
+        ProbeOp::Linear => format!("{op} {width}→{out}"),
+        ProbeOp::Attention | ProbeOp::FusedAttention => {
+            format!("{op} ({heads} heads × {width} over {out} keys)")
+        }
+        ProbeOp::LayerNorm | ProbeOp::RmsNorm | ProbeOp::Softmax | ProbeOp::Gelu => {
+            format!("{op} over {width}")
+        }
+    }
+}
+
+/// `{1} {2–64}`: classes of probed row counts.
+fn show_classes(points: &[ProbePoint]) -> String {
+    probe::classes(points)
+        .iter()
+        .map(|ranges| {
+            let r: Vec<String> = ranges
+                .iter()
+                .map(|&(lo, hi)| {
+                    if lo == hi {
+                        lo.to_string()
+                    } else {
+                        format!("{lo}–{hi}")
+                    }
+                })
+                .collect();
+            format!("{{{}}}", r.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Pinned execution's certification, from probe points alone (`point(i, m)`:
+/// probe `probes[i]` at `m` rows). For the row-wise ops and `rows`, and for
+/// attention and `queries`: every probed op must give a row at `anchor` rows
+/// a result independent of its position and its neighbours; then each count
+/// `n` is padded to the smallest `m ≥ n` at which every op of its group is
+/// in the anchor's kernel class (equal probe hash) and again position- and
+/// neighbour-independent. A count up to `anchor` always finds one (the
+/// anchor itself); a larger one is searched up to `n + min(n, anchor)` rows,
+/// and refused past that with the probe's evidence: the op, the row counts
+/// and their classes.
+pub(crate) fn certify(
+    probes: &[(ProbeOp, usize, usize, usize)],
+    rows: &[usize],
+    queries: &[usize],
+    anchor: usize,
+    point: &mut dyn FnMut(usize, usize) -> OpResult<ProbePoint>,
+) -> OpResult<Pins> {
+    if anchor == 0 {
+        return Err("pinned execution needs an anchor of at least one row".into());
+    }
+    let attention = |op: ProbeOp| matches!(op, ProbeOp::Attention | ProbeOp::FusedAttention);
+    let mut pins = Pins::default();
+    for (is_attention, counts) in [(false, rows), (true, queries)] {
+        let group: Vec<usize> = (0..probes.len())
+            .filter(|&i| attention(probes[i].0) == is_attention)
+            .collect();
+        let what = if is_attention { "queries" } else { "rows" };
+        let mut anchors = Vec::with_capacity(group.len());
+        for &i in &group {
+            let a = point(i, anchor)?;
+            if a.position_dependent() || a.values_dependent() {
+                let how = if a.position_dependent() {
+                    format!(
+                        "{} different results at the {anchor} positions",
+                        a.positions
+                    )
+                } else {
+                    "other results when the other rows hold other values".to_string()
+                };
+                return Err(format!(
+                    "pinned execution refused: at the anchor of {anchor} {what} the library's {} gives one row {how} (the kernel-dispatch probe); choose another anchor (`pinned: {{ anchor: N }}`)",
+                    shape_of(probes[i])
+                ));
+            }
+            anchors.push(a);
+        }
+        let map = if is_attention {
+            &mut pins.queries
+        } else {
+            &mut pins.rows
+        };
+        for &n in counts {
+            let hi = if n <= anchor {
+                anchor
+            } else {
+                n + n.min(anchor)
+            };
+            // The op that ruled out the most counts, with its points.
+            let mut blame: Option<(usize, Vec<ProbePoint>)> = None;
+            let mut found = None;
+            'm: for m in n..=hi {
+                for (&i, a) in group.iter().zip(&anchors) {
+                    let p = point(i, m)?;
+                    if p.first != a.first || p.position_dependent() || p.values_dependent() {
+                        match &mut blame {
+                            Some((j, pts)) if *j == i => pts.push(p),
+                            Some(_) => {}
+                            None => blame = Some((i, vec![p])),
+                        }
+                        continue 'm;
+                    }
+                }
+                found = Some(m);
+                break;
+            }
+            match (found, blame) {
+                (Some(m), _) => {
+                    map.insert(n, m);
+                }
+                (None, Some((i, mut pts))) => {
+                    let positional: Vec<String> = pts
+                        .iter()
+                        .filter(|p| p.position_dependent())
+                        .map(|p| p.m.to_string())
+                        .collect();
+                    pts.insert(0, anchors[group.iter().position(|&j| j == i).unwrap_or(0)]);
+                    pts.sort_by_key(|p| p.m);
+                    let positional = if positional.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; position-dependent at M = {}", positional.join(", "))
+                    };
+                    return Err(format!(
+                        "pinned execution refused: no padding certifies {n} {what} here — the library's {} puts M = {n}–{hi} in other kernel classes than the anchor's M = {anchor} (probed classes: {}{positional}), so a class boundary lies between {} and {} rows: call fewer {what} at once, or move the anchor into their class (`pinned: {{ anchor: N }}`)",
+                        shape_of(probes[i]),
+                        show_classes(&pts),
+                        anchor.min(n),
+                        anchor.max(n),
+                    ));
+                }
+                (None, None) => {
+                    return Err(format!(
+                        "internal: pinned execution found no probe for the {what} of {n}"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(pins)
 }
 
 /// The row-mixing ops `model` calls, as probes `(op, width, out, heads)`;
@@ -307,14 +556,20 @@ pub(crate) fn check_tile<O: Ops>(
     Ok(())
 }
 
-impl<O: Ops> Mode<O> {
+impl<'p, O: Ops> Mode<'p, O> {
     pub(crate) fn new(
         ops: &O,
         req: &RunRequest<'_>,
         dim: usize,
         capacity: usize,
-    ) -> OpResult<Mode<O>> {
+        pins: Option<&'p Pins>,
+    ) -> OpResult<Mode<'p, O>> {
         let pad = match req.execution {
+            Execution::Pinned { .. } => {
+                let pins = pins.ok_or("internal: pinned execution without its certification")?;
+                let most = pins.rows.values().copied().max().unwrap_or(1);
+                Some(zeros(ops, &[1, most, dim], req.dtype)?)
+            }
             Execution::FixedShape { tile: 0 } => {
                 return Err("fixed-shape execution needs a tile of at least one row".into());
             }
@@ -327,6 +582,7 @@ impl<O: Ops> Mode<O> {
         Ok(Mode {
             execution: req.execution,
             pad,
+            pins,
         })
     }
 
@@ -340,12 +596,21 @@ impl<O: Ops> Mode<O> {
         at: &[Pick],
         f: &RowFn<'_, O>,
     ) -> OpResult<O::T> {
-        match (self.execution, &self.pad) {
-            (Execution::BatchInvariant, _) => each_row(ops, x, at, f),
-            (Execution::FixedShape { tile }, Some(pad)) => each_tile(ops, x, at, tile, pad, f),
+        match (self.execution, &self.pad, self.pins) {
+            (Execution::BatchInvariant, _, _) => each_row(ops, x, at, f),
+            (Execution::FixedShape { tile }, Some(pad), _) => each_tile(ops, x, at, tile, pad, f),
+            (Execution::Pinned { .. }, Some(pad), Some(pins)) => {
+                // One call on every row, padded to its certified count.
+                let s = ops.shape(x);
+                let m = Pins::padded(&pins.rows, s[0] * s[1])?;
+                each_tile(ops, x, at, m, pad, f)
+            }
+            (Execution::Pinned { .. }, _, _) => {
+                Err("internal: pinned execution without its certification".into())
+            }
             // `new` gives a fixed shape its pad; without one (never), and in
             // the standard mode, the op runs on the whole input.
-            (Execution::FixedShape { .. }, None) | (Execution::Standard, _) => f(x, at),
+            (Execution::FixedShape { .. }, None, _) | (Execution::Standard, _, _) => f(x, at),
         }
     }
 }
@@ -425,5 +690,70 @@ pub(crate) fn upload_linear<O: Ops>(
     match layout {
         Layout::OutIn => ops.prepare_linear(weight, b, req.dtype),
         Layout::InOut => ops.prepare_linear_in_out(weight, b, req.dtype),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A synthetic dispatch map like libtorch's linear on this kind of
+    /// machine: classes {1} {2–3} {4–…}, position-dependent at 5–7 and 9–11.
+    fn libtorch_like(_: usize, m: usize) -> OpResult<ProbePoint> {
+        let first = match m {
+            1 => 1,
+            2..=3 => 2,
+            _ => 4,
+        };
+        Ok(ProbePoint {
+            m,
+            first,
+            other: first,
+            positions: if matches!(m, 5..=7 | 9..=11) { 2 } else { 1 },
+        })
+    }
+
+    const LINEAR: [(ProbeOp, usize, usize, usize); 1] = [(ProbeOp::Linear, 768, 3072, 1)];
+
+    #[test]
+    fn certification_pads_to_the_anchors_class_and_past_position_dependence() {
+        let pins = certify(&LINEAR, &[1, 6, 12, 256], &[], 64, &mut libtorch_like).unwrap();
+        assert_eq!(
+            pins.rows.into_iter().collect::<Vec<_>>(),
+            vec![(1, 4), (6, 8), (12, 12), (256, 256)]
+        );
+        assert!(pins.queries.is_empty());
+    }
+
+    #[test]
+    fn certification_refuses_an_anchor_the_library_computes_position_dependently() {
+        let e = certify(&LINEAR, &[1], &[], 6, &mut libtorch_like).unwrap_err();
+        assert!(e.contains("at the anchor of 6 rows"), "{e}");
+        assert!(e.contains("linear 768→3072"), "{e}");
+        assert!(e.contains("2 different results at the 6 positions"), "{e}");
+    }
+
+    #[test]
+    fn certification_refuses_a_count_in_another_class_than_the_anchor() {
+        // An anchor of 2 is in class {2–3}: 12 rows are not, nor any count
+        // up to 14.
+        let e = certify(&LINEAR, &[1, 12], &[], 2, &mut libtorch_like).unwrap_err();
+        assert!(e.contains("no padding certifies 12 rows"), "{e}");
+        assert!(e.contains("M = 12–14"), "{e}");
+        assert!(e.contains("probed classes: {2} {12–14}"), "{e}");
+    }
+
+    #[test]
+    fn attention_is_certified_over_its_queries_apart_from_the_rows() {
+        let probes = [
+            (ProbeOp::LayerNorm, 64, 0, 1),
+            (ProbeOp::Attention, 16, 256, 4),
+        ];
+        let pins = certify(&probes, &[256], &[1, 248], 64, &mut libtorch_like).unwrap();
+        assert_eq!(pins.rows.into_iter().collect::<Vec<_>>(), vec![(256, 256)]);
+        assert_eq!(
+            pins.queries.into_iter().collect::<Vec<_>>(),
+            vec![(1, 4), (248, 248)]
+        );
     }
 }

@@ -176,11 +176,29 @@ pub enum Execution {
         /// Rows per tile (≥ 1).
         tile: usize,
     },
+    /// Every op that mixes values within a row is called once on all the
+    /// rows it has (`[1, n, width]`), padded with zero rows only up to the
+    /// smallest row count the kernel-dispatch probe certifies: in the
+    /// kernel class of `anchor` rows, and giving a row the same bits
+    /// wherever it sits and whatever its neighbours hold. Attention reduces
+    /// over a fixed key capacity (the input's sequence length, hidden keys
+    /// masked), its queries padded the same way. Before the run the backend
+    /// probes its own kernels at the row counts the run will use (the
+    /// certification, memoised per process); where no padding can put a
+    /// count in the anchor's class — a class boundary inside the batch's
+    /// range, position dependence — the run is refused with the probe's
+    /// evidence. Every certified run of a backend computes each row with the
+    /// anchor's kernel, so they agree bitwise — at close to the standard
+    /// execution's cost, since a batch is not split.
+    Pinned {
+        /// The row count whose kernel class every call must be in (≥ 1).
+        anchor: usize,
+    },
 }
 
 impl Execution {
     /// The scenario spelling: `standard`, `batch_invariant`,
-    /// `fixed_shape(tile=64)`.
+    /// `fixed_shape(tile=64)`, `pinned(anchor=64)`.
     ///
     /// ```
     /// use layerdrift_backends::Execution;
@@ -192,6 +210,7 @@ impl Execution {
             Execution::Standard => "standard".into(),
             Execution::BatchInvariant => "batch_invariant".into(),
             Execution::FixedShape { tile } => format!("fixed_shape(tile={tile})"),
+            Execution::Pinned { anchor } => format!("pinned(anchor={anchor})"),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The seed's residual feed-forward stack (`kind: residual_mlp`).
 
 use super::{Activation, Norm, ParamSpec, push_linear, push_norm};
-use crate::exec::{Mode, Pick, Taps, replace_rows, take_rows, upload_linear, upload_norm};
+use crate::exec::{Mode, Pick, Pins, Taps, replace_rows, take_rows, upload_linear, upload_norm};
 use crate::host::HostTensor;
 use crate::ops::{Layout, OpResult, Ops};
 
@@ -85,6 +85,7 @@ pub(crate) fn run<O: Ops>(
     ops: &O,
     m: &ResidualMlpSpec,
     req: &RunRequest<'_>,
+    pins: Option<&Pins>,
 ) -> OpResult<Checkpoints> {
     // `full` keeps the input's layout and slices the observed rows;
     // `rows` feeds exactly the observed rows, as `[rows, 1, dim]`.
@@ -128,7 +129,7 @@ pub(crate) fn run<O: Ops>(
         ));
     }
     let taps = Taps::new(req.model, req.diagnose.ops, req.observed.len());
-    let mode = Mode::new(ops, req, m.dim, 0)?;
+    let mode = Mode::new(ops, req, m.dim, 0, pins)?;
     let mut x = ops.upload(input, req.dtype)?;
     let mut out = Vec::with_capacity(m.layers);
     for l in 0..m.layers {

@@ -7,7 +7,7 @@
 
 use super::{Activation, AttentionForm, Norm};
 use crate::exec::{
-    Mode, Pick, Taps, pad_to, picks_at, take_rows, upload_linear, upload_norm, zeros,
+    Mode, Pick, Pins, Taps, pad_to, picks_at, take_rows, upload_linear, upload_norm, zeros,
 };
 use crate::host::HostTensor;
 use crate::ops::{Layout, OpResult, Ops};
@@ -493,7 +493,12 @@ fn gather_slots(slots: Vec<Option<Vec<f64>>>) -> OpResult<Vec<f64>> {
 }
 
 /// Runs the transformer `p` on `req`.
-pub(crate) fn run<O: Ops>(ops: &O, p: &Plan, req: &RunRequest<'_>) -> OpResult<Checkpoints> {
+pub(crate) fn run<O: Ops>(
+    ops: &O,
+    p: &Plan,
+    req: &RunRequest<'_>,
+    pins: Option<&Pins>,
+) -> OpResult<Checkpoints> {
     if req.diagnose.forced.is_some() {
         return Err("teacher forcing needs row-independent layers: a decoder row's layer input includes every earlier position's, which never leaves a backend".into());
     }
@@ -513,13 +518,35 @@ pub(crate) fn run<O: Ops>(ops: &O, p: &Plan, req: &RunRequest<'_>) -> OpResult<C
     // Fixed shape: every query tile attends over the same key capacity, the
     // input's whole sequence, whatever the schedule.
     let capacity = seq;
-    let mode = Mode::new(ops, req, p.dim, capacity)?;
+    let mode = Mode::new(ops, req, p.dim, capacity, pins)?;
+    // Pinned: one tile per segment, its queries padded to the certified
+    // count.
+    let query_tile = |start: usize, end: usize| -> OpResult<usize> {
+        match (req.execution, pins) {
+            (Execution::Pinned { .. }, Some(pins)) => Pins::padded(&pins.queries, end - start),
+            (Execution::FixedShape { tile }, _) => Ok(tile),
+            (Execution::Pinned { .. }, None)
+            | (Execution::Standard | Execution::BatchInvariant, _) => {
+                Err("internal: a query tile outside fixed-shape and pinned execution".into())
+            }
+        }
+    };
     let head_pad = match req.execution {
         Execution::FixedShape { tile } => Some(zeros(
             ops,
             &[1, p.heads, tile.max(capacity), hd],
             req.dtype,
         )?),
+        Execution::Pinned { .. } => {
+            let most = pins
+                .map(|p| p.queries.values().copied().max().unwrap_or(1))
+                .unwrap_or(1);
+            Some(zeros(
+                ops,
+                &[1, p.heads, most.max(capacity), hd],
+                req.dtype,
+            )?)
+        }
         Execution::Standard | Execution::BatchInvariant => None,
     };
     let input = ops.upload(req.input, req.dtype)?;
@@ -531,7 +558,9 @@ pub(crate) fn run<O: Ops>(ops: &O, p: &Plan, req: &RunRequest<'_>) -> OpResult<C
         let masks = match req.execution {
             Execution::Standard => causal_mask(start, end).into_iter().collect(),
             Execution::BatchInvariant => Vec::new(),
-            Execution::FixedShape { tile } => tile_masks(start, end, tile, capacity),
+            Execution::FixedShape { .. } | Execution::Pinned { .. } => {
+                tile_masks(start, end, query_tile(start, end)?, capacity)
+            }
         };
         let masks = masks
             .iter()
@@ -652,17 +681,19 @@ pub(crate) fn run<O: Ops>(ops: &O, p: &Plan, req: &RunRequest<'_>) -> OpResult<C
                     }
                     ops.cat(&batch, 0)?
                 }
-                (Execution::FixedShape { tile }, Some(pad)) => fixed_attention(
-                    ops,
-                    p.attention,
-                    (&q, &kr, &vr),
-                    masks,
-                    tile,
-                    pad,
-                    capacity,
-                    scale,
-                    (&taps, &at),
-                )?,
+                (Execution::FixedShape { .. } | Execution::Pinned { .. }, Some(pad)) => {
+                    fixed_attention(
+                        ops,
+                        p.attention,
+                        (&q, &kr, &vr),
+                        masks,
+                        query_tile(start, end)?,
+                        pad,
+                        capacity,
+                        scale,
+                        (&taps, &at),
+                    )?
+                }
                 _ => attention(
                     ops,
                     p.attention,
@@ -751,7 +782,7 @@ fn run_head<O: Ops>(
     req: &RunRequest<'_>,
     segments: &[(usize, usize)],
     xs: &[O::T],
-    mode: &Mode<O>,
+    mode: &Mode<'_, O>,
 ) -> OpResult<HeadCheckpoints> {
     let w = req.weights;
     let norm = upload_norm(ops, w, hp.norm, p.norm.has_bias(), req)?;

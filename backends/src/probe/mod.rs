@@ -301,11 +301,15 @@ mod tests {
         /// Instead: at `odd_m` rows, the last row alone gets the extra
         /// step (a kernel whose tail rows take another code path).
         tail: bool,
+        /// Instead: every row count from `odd_m` up gets the extra step (a
+        /// class boundary at `odd_m`).
+        from: bool,
     }
 
     const CLEAN: Injected = Injected {
         odd_m: 0,
         tail: false,
+        from: false,
     };
 
     impl Ops for Injected {
@@ -330,7 +334,9 @@ mod tests {
                     let last = F64.scale(&F64.narrow(&y, 1, m - 1, 1)?, 1.0 + f64::EPSILON)?;
                     F64.cat(&[head, last], 1)
                 }
-                [1, m, _] if *m == self.odd_m => F64.scale(&y, 1.0 + f64::EPSILON),
+                [1, m, _] if *m == self.odd_m || (self.from && *m >= self.odd_m) => {
+                    F64.scale(&y, 1.0 + f64::EPSILON)
+                }
                 _ => Ok(y),
             }
         }
@@ -410,6 +416,7 @@ mod tests {
             &Injected {
                 odd_m: 7,
                 tail: false,
+                from: false,
             },
             &linear_probe(rows),
         )
@@ -433,6 +440,7 @@ mod tests {
             &Injected {
                 odd_m: 5,
                 tail: true,
+                from: false,
             },
             &linear_probe(vec![4, 5, 6]),
         )
@@ -484,6 +492,7 @@ mod tests {
             &Injected {
                 odd_m: 5,
                 tail: true,
+                from: false,
             },
             "injected",
             &req,
@@ -496,6 +505,81 @@ mod tests {
         );
         assert!(msg.contains("linear 24→24"), "{msg}");
         assert!(crate::exec::run(&CLEAN, "clean", &req).is_ok());
+    }
+
+    /// A residual MLP request over `rows` rows in `execution` (f64).
+    fn mlp_request_parts(rows: usize) -> (crate::ModelSpec, crate::Weights, HostTensor) {
+        use crate::model::{ModelSpec, ResidualMlpSpec};
+        let model = ModelSpec::ResidualMlp(ResidualMlpSpec {
+            layers: 2,
+            dim: 24,
+            hidden: 24,
+            activation: Activation::GeluErf,
+            norm: Norm::LayerNorm,
+            eps: 1e-5,
+            residual: true,
+        });
+        let weights = crate::Weights::init(&model, 0, 0.2);
+        (model, weights, generate_input(1, rows, 24, 1))
+    }
+
+    /// Pinned execution's negative control: a library with a class boundary
+    /// at 8 rows (every M ≥ 8 rounds its linear another way) cannot run 9
+    /// rows in the class of a 4-row anchor, however it pads: refused, naming
+    /// the op, the row counts probed and the classes; a library with only
+    /// one odd row count (M = 9) is padded past it and computes exactly what
+    /// the clean library computes.
+    #[test]
+    fn pinned_execution_refuses_a_class_boundary_and_pads_past_an_odd_count() {
+        use crate::request::{Execution, Row, RunRequest, Schedule};
+        let (model, weights, input) = mlp_request_parts(9);
+        let observed = [Row { batch: 0, pos: 8 }];
+        let req = RunRequest {
+            model: &model,
+            weights: &weights,
+            input: &input,
+            dtype: DType::F64,
+            schedule: &Schedule::Full,
+            observed: &observed,
+            threads: None,
+            execution: Execution::Pinned { anchor: 4 },
+            diagnose: Default::default(),
+        };
+        let boundary = Injected {
+            odd_m: 8,
+            tail: false,
+            from: true,
+        };
+        let msg = crate::exec::run(&boundary, "boundary", &req)
+            .expect_err("a class boundary inside the batch's range must be refused")
+            .to_string();
+        for part in [
+            "pinned execution refused",
+            "9 rows",
+            "linear 24→24",
+            "M = 9–13",
+            "anchor's M = 4",
+            "{4} {9–13}",
+            "between 4 and 9 rows",
+        ] {
+            assert!(msg.contains(part), "`{part}` missing from: {msg}");
+        }
+        let odd = Injected {
+            odd_m: 9,
+            tail: false,
+            from: false,
+        };
+        let pinned = crate::exec::run(&odd, "odd-9", &req).expect("9 rows padded to 10");
+        let standard = RunRequest {
+            execution: Execution::Standard,
+            ..req
+        };
+        let clean = crate::exec::run(&CLEAN, "clean", &standard).expect("clean");
+        assert_eq!(pinned.layers, clean.layers);
+        // The same library in the standard execution computes M = 9 with
+        // its odd kernel: the padding is what avoided it.
+        let unpinned = crate::exec::run(&odd, "odd-9", &standard).expect("standard");
+        assert_ne!(unpinned.layers, clean.layers);
     }
 
     #[test]

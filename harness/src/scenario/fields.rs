@@ -6,7 +6,8 @@ use super::error::hint;
 use super::expand::Grid;
 use super::kind::GridKind;
 use super::raw::{
-    FIXED_SHAPE_TILE, RawExecution, RawObserve, RawScenario, RawSlow, RawStrategy, STRATEGIES,
+    FIXED_SHAPE_TILE, PINNED_ANCHOR, RawExecution, RawObserve, RawScenario, RawSlow, RawStrategy,
+    STRATEGIES,
 };
 use super::validate::{Fields, Validator, dtype_of};
 use super::{Cost, InputSource, Strategy, StrategyKind, WeightSource};
@@ -59,6 +60,17 @@ pub(super) fn fields(
                     );
                 }
                 Execution::FixedShape { tile }
+            }
+            RawExecution::Pinned { anchor } => {
+                let anchor = anchor.unwrap_or(PINNED_ANCHOR);
+                if anchor == 0 {
+                    let at = anchor_path(v, i);
+                    v.err(
+                        &at,
+                        "an anchor of 0 rows: give the row count whose kernel class every call must share, at least 1 (default 64)",
+                    );
+                }
+                Execution::Pinned { anchor }
             }
         })
         .collect();
@@ -339,6 +351,18 @@ pub(super) fn tile_path(v: &Validator<'_>, i: usize) -> String {
     [
         format!("execution[{i}].fixed_shape.tile"),
         "execution.fixed_shape.tile".to_string(),
+        format!("execution[{i}]"),
+    ]
+    .into_iter()
+    .find(|p| v.index.has(p))
+    .unwrap_or_else(|| "execution".into())
+}
+
+/// Where the anchor of the `i`-th execution is written, like [`tile_path`].
+pub(super) fn anchor_path(v: &Validator<'_>, i: usize) -> String {
+    [
+        format!("execution[{i}].pinned.anchor"),
+        "execution.pinned.anchor".to_string(),
         format!("execution[{i}]"),
     ]
     .into_iter()

@@ -114,10 +114,26 @@ pub(super) enum RawExecution {
     /// Fixed tiles of rows and a fixed key capacity; `tile: None` = the
     /// default ([`FIXED_SHAPE_TILE`]).
     FixedShape { tile: Option<usize> },
+    /// One call per op on every row, padded to a certified row count;
+    /// `anchor: None` = the default ([`PINNED_ANCHOR`]).
+    Pinned { anchor: Option<usize> },
 }
 
 /// Execution names, as scenario files write them.
-pub const EXECUTIONS: &[&str] = &["standard", "batch_invariant", "fixed_shape"];
+pub const EXECUTIONS: &[&str] = &["standard", "batch_invariant", "fixed_shape", "pinned"];
+
+/// The default anchor of `execution: pinned`, in rows: the row count whose
+/// kernel class every call must share. 64 is inside the one class every
+/// CPU backend's linears, norms and attention keep from a handful of rows to
+/// 4,096 at the shipped widths (the dispatch map), so a run pads only what
+/// has fewer rows than that class starts at.
+pub const PINNED_ANCHOR: usize = 64;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PinnedArgs {
+    pub(super) anchor: Option<usize>,
+}
 
 /// The default tile of `execution: fixed_shape`, in rows: inside the one
 /// kernel-equivalence class every CPU backend's linear, norm and attention
@@ -132,8 +148,9 @@ pub(super) struct FixedShapeArgs {
     pub(super) tile: Option<usize>,
 }
 
-/// `standard` / `batch_invariant` / `fixed_shape` as plain names, and
-/// `fixed_shape: { tile: N }` as a one-key mapping.
+/// `standard` / `batch_invariant` / `fixed_shape` / `pinned` as plain
+/// names, and `fixed_shape: { tile: N }` / `pinned: { anchor: N }` as
+/// one-key mappings.
 impl<'de> Deserialize<'de> for RawExecution {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -141,7 +158,7 @@ impl<'de> Deserialize<'de> for RawExecution {
             type Value = RawExecution;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(
-                    "`standard`, `batch_invariant`, `fixed_shape` or `fixed_shape: { tile: N }`",
+                    "`standard`, `batch_invariant`, `fixed_shape`, `fixed_shape: { tile: N }`, `pinned` or `pinned: { anchor: N }`",
                 )
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<RawExecution, E> {
@@ -149,6 +166,7 @@ impl<'de> Deserialize<'de> for RawExecution {
                     "standard" => Ok(RawExecution::Standard),
                     "batch_invariant" => Ok(RawExecution::BatchInvariant),
                     "fixed_shape" => Ok(RawExecution::FixedShape { tile: None }),
+                    "pinned" => Ok(RawExecution::Pinned { anchor: None }),
                     other => Err(E::unknown_variant(other, EXECUTIONS)),
                 }
             }
@@ -162,6 +180,9 @@ impl<'de> Deserialize<'de> for RawExecution {
                 let e = match key.as_str() {
                     "fixed_shape" => RawExecution::FixedShape {
                         tile: map.next_value::<FixedShapeArgs>()?.tile,
+                    },
+                    "pinned" => RawExecution::Pinned {
+                        anchor: map.next_value::<PinnedArgs>()?.anchor,
                     },
                     "standard" | "batch_invariant" => {
                         return Err(de::Error::custom(format!(
