@@ -382,27 +382,6 @@ fn shape_of((op, width, out, heads): (ProbeOp, usize, usize, usize)) -> String {
     }
 }
 
-/// `{1} {2–64}`: classes of probed row counts.
-fn show_classes(points: &[ProbePoint]) -> String {
-    probe::classes(points)
-        .iter()
-        .map(|ranges| {
-            let r: Vec<String> = ranges
-                .iter()
-                .map(|&(lo, hi)| {
-                    if lo == hi {
-                        lo.to_string()
-                    } else {
-                        format!("{lo}–{hi}")
-                    }
-                })
-                .collect();
-            format!("{{{}}}", r.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// Pinned execution's certification, from probe points alone (`point(i, m)`:
 /// probe `probes[i]` at `m` rows). For the row-wise ops and `rows`, and for
 /// attention and `queries`: every probed op must give a row at `anchor` rows
@@ -498,7 +477,7 @@ pub(crate) fn certify(
                     return Err(format!(
                         "pinned execution refused: no padding certifies {n} {what} here — the library's {} puts M = {n}–{hi} in other kernel classes than the anchor's M = {anchor} (probed classes: {}{positional}), so a class boundary lies between {} and {} rows: call fewer {what} at once, or move the anchor into their class (`pinned: {{ anchor: N }}`)",
                         shape_of(probes[i]),
-                        show_classes(&pts),
+                        probe::classes_text(&probe::classes(&pts)),
                         anchor.min(n),
                         anchor.max(n),
                     ));

@@ -314,26 +314,7 @@ pub fn probe_backend(
     }
 }
 
-/// `{1} {2–15} {16–4096}`: each class as its runs of probed row counts.
-pub fn classes_text(classes: &[Vec<(usize, usize)>]) -> String {
-    classes
-        .iter()
-        .map(|runs| {
-            let inner: Vec<String> = runs
-                .iter()
-                .map(|&(lo, hi)| {
-                    if lo == hi {
-                        lo.to_string()
-                    } else {
-                        format!("{lo}–{hi}")
-                    }
-                })
-                .collect();
-            format!("{{{}}}", inner.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
+pub use layerdrift_backends::probe::classes_text;
 
 /// `5, 6, 9–11`: row counts, consecutive probed ones joined.
 pub fn counts_text(ms: &[usize], rows: &[usize]) -> String {

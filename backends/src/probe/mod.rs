@@ -287,6 +287,28 @@ pub fn classes(points: &[ProbePoint]) -> Vec<Vec<(usize, usize)>> {
     out
 }
 
+/// `{1} {2–15} {16–4096}`: each class (from [`classes`]) as its runs of
+/// probed row counts.
+pub fn classes_text(classes: &[Vec<(usize, usize)>]) -> String {
+    classes
+        .iter()
+        .map(|runs| {
+            let inner: Vec<String> = runs
+                .iter()
+                .map(|&(lo, hi)| {
+                    if lo == hi {
+                        lo.to_string()
+                    } else {
+                        format!("{lo}–{hi}")
+                    }
+                })
+                .collect();
+            format!("{{{}}}", inner.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
