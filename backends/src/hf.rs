@@ -1,6 +1,8 @@
 //! Hugging Face checkpoint folders: `config.json` beside `model.safetensors`
 //! (or a sharded `model.safetensors.index.json`), read into a model spec and
-//! its weights.
+//! its weights — or a GGUF file (`checkpoint: model.gguf`, read by
+//! [`crate::gguf`]: the metadata gives the spec, the tensors are dequantised
+//! to f32 on the host).
 //!
 //! The architecture comes from `architectures` (or `model_type`); each model
 //! kind parses its own fields (`LlamaSpec::from_hf_config`,
@@ -14,6 +16,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::gguf::{Gguf, GgufError, is_gguf};
 use crate::host::HostTensor;
 use crate::model::{Gpt2Spec, LlamaSpec, ModelSpec};
 use crate::weights::{
@@ -58,6 +61,9 @@ pub enum HfError {
     /// A weights file is unreadable, or a tensor is missing or misshaped.
     #[error(transparent)]
     Weights(#[from] WeightsError),
+    /// A GGUF file is unreadable, or describes what layerdrift cannot run.
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
     /// Tensors the model does not use.
     #[error(
         "{dir}: {count} unexpected tensor(s), e.g. `{first}`: the checkpoint holds parameters a {kind} model with this config.json does not have (another architecture, or a config.json that does not match the weights)"
@@ -134,11 +140,14 @@ impl Checkpoint {
 pub fn describe_stored(stored: &BTreeMap<String, usize>) -> String {
     let n: usize = stored.values().sum();
     let parts: Vec<String> = stored.iter().map(|(d, c)| format!("{d} {c}")).collect();
+    let quantised = stored.keys().any(|d| d.starts_with('Q'));
     let widened = stored.keys().any(|d| d != "F32");
     format!(
         "{n} tensors ({}){}",
         parts.join(", "),
-        if widened {
+        if quantised {
+            ", dequantised to f32 on the host"
+        } else if widened {
             ", widened exactly to f32 on the host"
         } else {
             ""
@@ -146,9 +155,14 @@ pub fn describe_stored(stored: &BTreeMap<String, usize>) -> String {
     )
 }
 
-/// Reads `dir/config.json` into a model spec; with `layers`, only the
-/// first `layers` blocks (an error if the model has fewer).
+/// Reads `dir/config.json` (or a GGUF file's metadata) into a model spec;
+/// with `layers`, only the first `layers` blocks (an error if the model has
+/// fewer).
 pub fn read_config(dir: &Path, layers: Option<usize>) -> Result<ModelSpec, HfError> {
+    if is_gguf(dir) {
+        let model = ModelSpec::Llama(Gguf::open(dir)?.model()?);
+        return cut(model, layers, dir);
+    }
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|source| HfError::Io {
         path: path.clone(),
@@ -177,22 +191,33 @@ pub fn read_config(dir: &Path, layers: Option<usize>) -> Result<ModelSpec, HfErr
             known.join(", ")
         ))
     })?;
-    let mut model = (arch.spec)(&c).map_err(config)?;
-    if let Some(n) = layers {
-        let have = model.layers();
-        if n == 0 || n > have {
-            return Err(config(format!(
+    let model = (arch.spec)(&c).map_err(config)?;
+    cut(model, layers, &path)
+}
+
+/// `model`'s first `layers` blocks (an error naming `path` if it has fewer).
+fn cut(model: ModelSpec, layers: Option<usize>, path: &Path) -> Result<ModelSpec, HfError> {
+    let Some(n) = layers else {
+        return Ok(model);
+    };
+    let have = model.layers();
+    if n == 0 || n > have {
+        return Err(HfError::Config {
+            path: path.into(),
+            message: format!(
                 "`layers: {n}` beside the checkpoint: the model has {have} blocks (choose 1..={have})"
-            )));
-        }
-        model = model.with_layers(n);
+            ),
+        });
     }
-    Ok(model)
+    Ok(model.with_layers(n))
 }
 
 /// The safetensors files of `dir`: `model.safetensors`, or the shards the
 /// index names (each once, in order).
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, HfError> {
+    if is_gguf(dir) {
+        return Ok(vec![dir.into()]);
+    }
     let single = dir.join("model.safetensors");
     if single.is_file() {
         return Ok(vec![single]);
@@ -256,6 +281,19 @@ fn layer_of(name: &str) -> Option<usize> {
 /// Reads the checkpoint folder `dir` (with `layers`, only the first blocks).
 pub fn load(dir: &Path, layers: Option<usize>) -> Result<Checkpoint, HfError> {
     let model = read_config(dir, layers)?;
+    if is_gguf(dir) {
+        let g = Gguf::open(dir)?;
+        let mapped = g.map(&model)?;
+        let names = mapped.tensors.keys().cloned().collect();
+        refuse_unused(dir, &model, names)?;
+        check_shapes(&model, &mapped.shapes(), dir)?;
+        let weights = Weights::from_tensors(&model, mapped.read()?, dir)?;
+        return Ok(Checkpoint {
+            model,
+            weights,
+            stored: mapped.stored(),
+        });
+    }
     // Name → (tensor, stored dtype), over every shard.
     let mut all: BTreeMap<String, (HostTensor, String)> = BTreeMap::new();
     for f in weight_files(dir)? {
@@ -280,6 +318,13 @@ pub fn inspect(
     layers: Option<usize>,
 ) -> Result<(ModelSpec, BTreeMap<String, usize>), HfError> {
     let model = read_config(dir, layers)?;
+    if is_gguf(dir) {
+        let g = Gguf::open(dir)?;
+        let mapped = g.map(&model)?;
+        refuse_unused(dir, &model, mapped.tensors.keys().cloned().collect())?;
+        check_shapes(&model, &mapped.shapes(), dir)?;
+        return Ok((model, mapped.stored()));
+    }
     // Name → (shape, stored dtype), as `load` keeps (tensor, stored dtype).
     let mut all: BTreeMap<String, (Vec<usize>, String)> = BTreeMap::new();
     for f in weight_files(dir)? {
@@ -357,6 +402,27 @@ fn select<T>(
             count: unexpected.len(),
         }),
         None => Ok(all),
+    }
+}
+
+/// A GGUF file's mapped tensors that `model` does not use (a K bias
+/// without a Q bias, say) are refused, as [`select`] refuses them.
+fn refuse_unused(
+    file: &Path,
+    model: &ModelSpec,
+    names: std::collections::BTreeSet<String>,
+) -> Result<(), HfError> {
+    let params: std::collections::BTreeSet<String> =
+        model.parameters().into_iter().map(|p| p.name).collect();
+    let unused: Vec<&String> = names.difference(&params).collect();
+    match unused.first() {
+        Some(first) => Err(HfError::Unexpected {
+            dir: file.into(),
+            kind: model.kind(),
+            first: (*first).clone(),
+            count: unused.len(),
+        }),
+        None => Ok(()),
     }
 }
 

@@ -34,6 +34,7 @@ pub mod cpu;
 pub mod device;
 pub mod dtype;
 mod exec;
+pub mod gguf;
 pub mod hf;
 pub mod host;
 pub mod model;

@@ -183,6 +183,14 @@ fn scenario_trials(dir: &Path) -> Result<(Vec<Trial>, IgnoredTrials), String> {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
+        if let Some(why) = Scenario::unfetched(&file) {
+            // A trained network not downloaded here: ignored, naming the
+            // script that fetches it (scripts/test runs it first).
+            let name = format!("{stem}/scenario");
+            ignored.entry(why).or_default().push(name.clone());
+            trials.push(Trial::test(name, || Ok(())).with_ignored_flag(true));
+            continue;
+        }
         match session().load(&file) {
             Err(e) => {
                 // A broken scenario fails its own trial; the others still run.
@@ -575,6 +583,65 @@ fn selftest_bad_scenarios() -> Result<(), Failed> {
     }
 }
 
+// ------------------------------------------------------- GGUF dequantisation
+
+/// `gguf/smollm2-dequant`: layerdrift's GGUF reader against gguf-py
+/// (llama.cpp's own Python reader): the sha256 of every tensor of the
+/// SmolLM2 file, dequantised to f32 in GGUF's element order, equals the
+/// digest `scripts/gguf_reference.py` recorded in
+/// `scenarios/data/smollm2-dequant.json`. Ignored until the file is fetched.
+fn gguf_reference_trial(ignored: &mut IgnoredTrials) -> Trial {
+    const NAME: &str = "gguf/smollm2-dequant";
+    let dir = scenario_dir();
+    let reference = dir.join("data/smollm2-dequant.json");
+    let model = dir.join("../models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !model.exists() {
+        let why = format!("{} is not fetched yet: run `scripts/fetch-models`", model.display());
+        ignored.entry(why).or_default().push(NAME.into());
+        return Trial::test(NAME, || Ok(())).with_ignored_flag(true);
+    }
+    Trial::test(NAME, move || {
+        use sha2::{Digest, Sha256};
+        let text = std::fs::read_to_string(&reference)
+            .map_err(|e| format!("{}: {e}", reference.display()))?;
+        let doc: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| format!("{}: {e}", reference.display()))?;
+        let want = doc["tensors"]
+            .as_object()
+            .ok_or_else(|| format!("{}: no `tensors`", reference.display()))?;
+        let g = layerdrift_backends::gguf::Gguf::open(&model).map_err(|e| e.to_string())?;
+        if g.tensors.len() != want.len() {
+            return Err(format!(
+                "{} tensors in the file, {} in the reference",
+                g.tensors.len(),
+                want.len()
+            )
+            .into());
+        }
+        let mut wrong = Vec::new();
+        for t in &g.tensors {
+            let x = g.read(t).map_err(|e| e.to_string())?;
+            let mut h = Sha256::new();
+            for v in &x.data {
+                h.update(v.to_le_bytes());
+            }
+            let got: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+            if want[&t.name]["sha256"].as_str() != Some(got.as_str()) {
+                wrong.push(format!("{} ({})", t.name, t.ty.name()));
+            }
+        }
+        match wrong.first() {
+            None => Ok(()),
+            Some(first) => Err(format!(
+                "{} of {} tensors dequantise to other bits than gguf-py's, e.g. {first}",
+                wrong.len(),
+                g.tensors.len()
+            )
+            .into()),
+        }
+    })
+}
+
 fn main() -> ExitCode {
     let args = Arguments::from_args();
     if let Err(e) = layerdrift::env::check() {
@@ -597,6 +664,7 @@ fn main() -> ExitCode {
     };
     let mut ignored = ignored;
     trials.extend(dispatch_trials(&mut ignored));
+    trials.push(gguf_reference_trial(&mut ignored));
     trials.push(Trial::test(
         "selftest/bound-violation-fails",
         selftest_bound_violation,

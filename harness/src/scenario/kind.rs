@@ -188,6 +188,12 @@ pub(super) fn model_fields(v: &mut Validator<'_>, m: RawModel) -> ModelFields {
     if let Some(dir) = &m.checkpoint {
         return checkpoint_fields(v, &m, v.relative(dir), attentions);
     }
+    if m.fetched_by.is_some() {
+        v.err(
+            "model.fetched_by",
+            "names the command that downloads a `checkpoint:`; there is none here — remove it",
+        );
+    }
     let Some(kind) = m.kind else {
         v.err(
             "model",
@@ -375,6 +381,15 @@ fn checkpoint_fields(
     }
     if let Some(n) = m.layers {
         v.positive("model.layers", n);
+    }
+    if let Some(by) = &m.fetched_by
+        && !dir.exists()
+    {
+        v.err(
+            "model.checkpoint",
+            format!("{} is not fetched yet: run `{by}`", dir.display()),
+        );
+        return fallback(attentions);
     }
     // The headers too (names, dtypes, shapes): what loading would refuse is
     // refused here, before any tensor is read.

@@ -347,6 +347,32 @@ impl Diagnosis {
 }
 
 impl Scenario {
+    /// The command that downloads the scenario at `path`'s checkpoint
+    /// (`model.fetched_by`) and the checkpoint's path, if it names one.
+    /// `None` for every other scenario, and for a file that does not parse
+    /// (loading it reports why).
+    pub fn fetched_by(path: &Path) -> Option<(String, PathBuf)> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let v: serde_yaml::Value = serde_yaml::from_str(&text).ok()?;
+        let model = v.get("model")?;
+        let by = model.get("fetched_by")?.as_str()?;
+        let file = Path::new(model.get("checkpoint")?.as_str()?);
+        let full = match file.is_absolute() {
+            true => file.to_path_buf(),
+            false => path.parent().unwrap_or(Path::new(".")).join(file),
+        };
+        Some((by.to_string(), full))
+    }
+
+    /// Why the scenario at `path` cannot run until something is downloaded
+    /// (`"… is not fetched yet: run `scripts/fetch-models`"`), or `None`.
+    /// The suite ignores such a scenario's trials with this reason; loading
+    /// it is an error saying the same.
+    pub fn unfetched(path: &Path) -> Option<String> {
+        let (by, file) = Scenario::fetched_by(path)?;
+        (!file.exists()).then(|| format!("{} is not fetched yet: run `{by}`", file.display()))
+    }
+
     /// The strategy called `name`.
     pub fn strategy(&self, name: &str) -> Option<&Strategy> {
         self.strategies.iter().find(|s| s.name == name)

@@ -209,8 +209,12 @@ pub(super) fn execution_default() -> Axis<RawExecution> {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawModel {
     pub(super) kind: Option<RawKind>,
-    /// A Hugging Face checkpoint folder: its `config.json` sets the model.
+    /// A Hugging Face checkpoint folder (its `config.json` sets the model)
+    /// or a GGUF file (its metadata does).
     pub(super) checkpoint: Option<PathBuf>,
+    /// The command that downloads the checkpoint (`scripts/fetch-models`):
+    /// until it has run, the scenario's trials are ignored, naming it.
+    pub(super) fetched_by: Option<String>,
     pub(super) layers: Option<usize>,
     pub(super) dim: Option<usize>,
     pub(super) hidden: Option<usize>,
