@@ -347,7 +347,9 @@ impl<R: Read> Reader<R> {
                 let n = self.u64(what)?;
                 // Every item takes at least one byte.
                 if n > self.len.saturating_sub(self.pos) {
-                    return Err(format!("{what}: an array of {n} items cannot fit in the file"));
+                    return Err(format!(
+                        "{what}: an array of {n} items cannot fit in the file"
+                    ));
                 }
                 let mut items = Vec::with_capacity(n as usize);
                 for _ in 0..n {
@@ -791,7 +793,11 @@ pub struct RawTensor<'a> {
 
 /// Writes a GGUF v3 file (alignment 32) with string, whole-number and float
 /// metadata: what tests build small files with.
-pub fn write(path: &Path, metadata: &[(&str, Value)], tensors: &[RawTensor]) -> std::io::Result<()> {
+pub fn write(
+    path: &Path,
+    metadata: &[(&str, Value)],
+    tensors: &[RawTensor],
+) -> std::io::Result<()> {
     fn value(out: &mut Vec<u8>, v: &Value) {
         match v {
             Value::Uint(u) => out.extend(u.to_le_bytes()),

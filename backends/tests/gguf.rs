@@ -179,7 +179,9 @@ fn a_llama_gguf_loads_with_hugging_face_names_and_row_order() {
         panic!("{:?}", c.model)
     };
     assert_eq!(
-        (m.layers, m.dim, m.heads, m.kv_heads, m.head_dim, m.hidden, m.vocab),
+        (
+            m.layers, m.dim, m.heads, m.kv_heads, m.head_dim, m.hidden, m.vocab
+        ),
         (LAYERS, DIM, HEADS, KV, DIM / HEADS, HIDDEN, VOCAB)
     );
     assert_eq!((m.rope_theta, m.tie_embeddings), (100000.0, false));

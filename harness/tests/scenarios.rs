@@ -596,7 +596,10 @@ fn gguf_reference_trial(ignored: &mut IgnoredTrials) -> Trial {
     let reference = dir.join("data/smollm2-dequant.json");
     let model = dir.join("../models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf");
     if !model.exists() {
-        let why = format!("{} is not fetched yet: run `scripts/fetch-models`", model.display());
+        let why = format!(
+            "{} is not fetched yet: run `scripts/fetch-models`",
+            model.display()
+        );
         ignored.entry(why).or_default().push(NAME.into());
         return Trial::test(NAME, || Ok(())).with_ignored_flag(true);
     }
@@ -604,8 +607,8 @@ fn gguf_reference_trial(ignored: &mut IgnoredTrials) -> Trial {
         use sha2::{Digest, Sha256};
         let text = std::fs::read_to_string(&reference)
             .map_err(|e| format!("{}: {e}", reference.display()))?;
-        let doc: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| format!("{}: {e}", reference.display()))?;
+        let doc: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", reference.display()))?;
         let want = doc["tensors"]
             .as_object()
             .ok_or_else(|| format!("{}: no `tensors`", reference.display()))?;
