@@ -2,7 +2,7 @@
 """Tokenizes scenarios/data/text.txt for the real-model scenarios, once; the
 token-id files it writes are committed, so neither cargo test nor CI runs it.
 
-  scripts/fetch-models
+  scripts/fetch-models --all
   python3 -m pip install tokenizers==0.23.3 gguf==0.19.0 numpy
   python3 scripts/tokenize_text.py            # rewrites scenarios/data/*-tokens.json
 
@@ -13,7 +13,9 @@ own tokenizer metadata (`tokenizer.ggml.tokens` and `.merges`, 49,152 tokens,
 split), no BOS (`tokenizer.ggml.add_bos_token: false`). The original
 tokenizer.json (Hugging Face Hub) cannot be fetched here; the build is checked
 by round trip (decoding the ids gives the text back, byte for byte) and every
-id must lie below the vocabulary. Output: 4 windows of 40 consecutive ids of
+id must lie below the vocabulary; transformers 5.24.0's own GGUF tokenizer
+(`AutoTokenizer.from_pretrained(dir, gguf_file=…)`) gives the same 214 ids
+(checked 2026-12-03). Output: 4 windows of 40 consecutive ids of
 the text (prefill 32, decode 8 in the scenario).
 
 all-MiniLM-L6-v2 (models/all-minilm-l6-v2/tokenizer.json): the model's own
