@@ -660,7 +660,7 @@ fn block_of(name: &str) -> Option<usize> {
 /// interleaving the two rotary halves; this puts each row back.
 pub fn unpermute_rows(t: &HostTensor, heads: usize) -> Result<HostTensor, String> {
     let rows = t.shape.first().copied().unwrap_or(0);
-    let width = if rows == 0 { 0 } else { t.len() / rows };
+    let width = t.len().checked_div(rows).unwrap_or(0);
     if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
         return Err(format!(
             "{rows} rows cannot be split into {heads} heads of an even width"
