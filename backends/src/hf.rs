@@ -160,8 +160,7 @@ pub fn describe_stored(stored: &BTreeMap<String, usize>) -> String {
 /// fewer).
 pub fn read_config(dir: &Path, layers: Option<usize>) -> Result<ModelSpec, HfError> {
     if is_gguf(dir) {
-        let model = ModelSpec::Llama(Gguf::open(dir)?.model()?);
-        return cut(model, layers, dir);
+        return open_gguf(dir, layers).map(|(_, model)| model);
     }
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|source| HfError::Io {
@@ -280,13 +279,9 @@ fn layer_of(name: &str) -> Option<usize> {
 
 /// Reads the checkpoint folder `dir` (with `layers`, only the first blocks).
 pub fn load(dir: &Path, layers: Option<usize>) -> Result<Checkpoint, HfError> {
-    let model = read_config(dir, layers)?;
     if is_gguf(dir) {
-        let g = Gguf::open(dir)?;
-        let mapped = g.map(&model)?;
-        let names = mapped.tensors.keys().cloned().collect();
-        refuse_unused(dir, &model, names)?;
-        check_shapes(&model, &mapped.shapes(), dir)?;
+        let (g, model) = open_gguf(dir, layers)?;
+        let mapped = map_gguf(&g, &model)?;
         let weights = Weights::from_tensors(&model, mapped.read()?, dir)?;
         return Ok(Checkpoint {
             model,
@@ -294,6 +289,7 @@ pub fn load(dir: &Path, layers: Option<usize>) -> Result<Checkpoint, HfError> {
             stored: mapped.stored(),
         });
     }
+    let model = read_config(dir, layers)?;
     // Name → (tensor, stored dtype), over every shard.
     let mut all: BTreeMap<String, (HostTensor, String)> = BTreeMap::new();
     for f in weight_files(dir)? {
@@ -317,14 +313,12 @@ pub fn inspect(
     dir: &Path,
     layers: Option<usize>,
 ) -> Result<(ModelSpec, BTreeMap<String, usize>), HfError> {
-    let model = read_config(dir, layers)?;
     if is_gguf(dir) {
-        let g = Gguf::open(dir)?;
-        let mapped = g.map(&model)?;
-        refuse_unused(dir, &model, mapped.tensors.keys().cloned().collect())?;
-        check_shapes(&model, &mapped.shapes(), dir)?;
-        return Ok((model, mapped.stored()));
+        let (g, model) = open_gguf(dir, layers)?;
+        let stored = map_gguf(&g, &model)?.stored();
+        return Ok((model, stored));
     }
+    let model = read_config(dir, layers)?;
     // Name → (shape, stored dtype), as `load` keeps (tensor, stored dtype).
     let mut all: BTreeMap<String, (Vec<usize>, String)> = BTreeMap::new();
     for f in weight_files(dir)? {
@@ -403,6 +397,23 @@ fn select<T>(
         }),
         None => Ok(all),
     }
+}
+
+/// The GGUF file at `file`, read once, and the model its metadata gives
+/// (with `layers`, only the first blocks).
+fn open_gguf(file: &Path, layers: Option<usize>) -> Result<(Gguf, ModelSpec), HfError> {
+    let g = Gguf::open(file)?;
+    let model = cut(ModelSpec::Llama(g.model()?), layers, file)?;
+    Ok((g, model))
+}
+
+/// `g`'s tensors under `model`'s names, each one the model uses and every
+/// shape checked — what `load` reads and `inspect` describes.
+fn map_gguf<'a>(g: &'a Gguf, model: &ModelSpec) -> Result<crate::gguf::Mapped<'a>, HfError> {
+    let mapped = g.map(model)?;
+    refuse_unused(&g.path, model, mapped.tensors.keys().cloned().collect())?;
+    check_shapes(model, &mapped.shapes(), &g.path)?;
+    Ok(mapped)
 }
 
 /// A GGUF file's mapped tensors that `model` does not use (a K bias

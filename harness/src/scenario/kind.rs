@@ -385,10 +385,7 @@ fn checkpoint_fields(
     if let Some(by) = &m.fetched_by
         && !dir.exists()
     {
-        v.err(
-            "model.checkpoint",
-            format!("{} is not fetched yet: run `{by}`", dir.display()),
-        );
+        v.err("model.checkpoint", super::not_fetched(&dir, by));
         return fallback(attentions);
     }
     // The headers too (names, dtypes, shapes): what loading would refuse is

@@ -346,6 +346,12 @@ impl Diagnosis {
     }
 }
 
+/// "`file` is not fetched yet: run `by`" — one wording for the suite's
+/// ignored trials, `validate`, `list` and the scenario error.
+pub(crate) fn not_fetched(file: &Path, by: &str) -> String {
+    format!("{} is not fetched yet: run `{by}`", file.display())
+}
+
 impl Scenario {
     /// The command that downloads the scenario at `path`'s checkpoint
     /// (`model.fetched_by`) and the checkpoint's path, if it names one.
@@ -370,7 +376,7 @@ impl Scenario {
     /// it is an error saying the same.
     pub fn unfetched(path: &Path) -> Option<String> {
         let (by, file) = Scenario::fetched_by(path)?;
-        (!file.exists()).then(|| format!("{} is not fetched yet: run `{by}`", file.display()))
+        (!file.exists()).then(|| not_fetched(&file, &by))
     }
 
     /// The strategy called `name`.
