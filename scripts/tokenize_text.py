@@ -94,7 +94,7 @@ def main():
         (out / "smollm2-tokens.json").write_text(json.dumps(w) + "\n")
     if "minilm" in which:
         s = minilm(text)
-        (out / "minilm-tokens.json").write_text(json.dumps({"sequences": s}) + "\n")
+        (out / "minilm-tokens.json").write_text(json.dumps(s) + "\n")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ use std::sync::{Mutex, OnceLock};
 use crate::backend::BackendError;
 use crate::dtype::DType;
 use crate::host::HostTensor;
-use crate::model::{ModelSpec, mlp, transformer};
+use crate::model::{ModelSpec, bert, mlp, transformer};
 use crate::ops::{Layout, OpResult, Ops};
 use crate::probe::{self, ProbeOp, ProbePoint, ProbeRequest};
 use crate::request::{Checkpoints, Execution, OpCheckpoint, RunRequest, Schedule};
@@ -31,6 +31,12 @@ pub(crate) fn run<O: Ops>(
         message,
     };
     req.schedule.fits(req.model).map_err(lib)?;
+    if req.model.encoder() && req.execution != Execution::Standard {
+        return Err(lib(format!(
+            "a {} encoder runs in standard execution only",
+            req.model.kind()
+        )));
+    }
     let pins = match req.execution {
         Execution::Pinned { anchor } => Some(pin(ops, backend, req, anchor).map_err(lib)?),
         Execution::Standard | Execution::BatchInvariant | Execution::FixedShape { .. } => None,
@@ -38,6 +44,7 @@ pub(crate) fn run<O: Ops>(
     let pins = pins.as_ref();
     match (req.model, req.model.plan()) {
         (ModelSpec::ResidualMlp(m), _) => mlp::run(ops, m, req, pins).map_err(lib),
+        (ModelSpec::Bert(m), _) => bert::run(ops, m, req).map_err(lib),
         (_, Some(plan)) => transformer::run(ops, &plan, req, pins).map_err(lib),
         (m, None) => Err(lib(format!(
             "internal: the {} model has neither a forward pass nor a transformer plan",
@@ -75,6 +82,10 @@ pub(crate) struct Taps {
     pub(crate) layer: Cell<usize>,
     rec: RefCell<Vec<Vec<OpRows>>>,
 }
+
+/// The op recorded in layer 1 only: an encoder's embedding LayerNorm
+/// ([`crate::model::bert`]), which runs once before the first block.
+pub(crate) const FIRST_LAYER_ONLY: &str = "embed_norm";
 
 /// One op's rows as they are recorded: a slot per observed row.
 pub(crate) type OpRows = Vec<Option<Vec<f64>>>;
@@ -130,13 +141,29 @@ impl Taps {
         at: &[Pick],
         keys: bool,
     ) -> OpResult<()> {
+        let causal = |p: &Pick| Some(p.pos + 1);
+        let all = |_: &Pick| None;
+        self.heads_upto(ops, op, y, at, if keys { &causal } else { &all })
+    }
+
+    /// Records `y` (`[b, heads, s, width]`) at the picks, each pick's row cut
+    /// to its first `seen(pick)` keys (all where `None`): an encoder's
+    /// scores over a sequence's real tokens, whatever it was padded to.
+    pub(crate) fn heads_upto<O: Ops>(
+        &self,
+        ops: &O,
+        op: &'static str,
+        y: &O::T,
+        at: &[Pick],
+        seen: &dyn Fn(&Pick) -> Option<usize>,
+    ) -> OpResult<()> {
         if self.names.is_empty() {
             return Ok(());
         }
         for p in at {
             let mut r = ops.narrow(&ops.narrow(y, 0, p.b, 1)?, 2, p.s, 1)?;
-            if keys {
-                r = ops.narrow(&r, 3, 0, p.pos + 1)?;
+            if let Some(n) = seen(p) {
+                r = ops.narrow(&r, 3, 0, n)?;
             }
             self.put(op, p.slot, ops.download(&r)?)?;
         }
@@ -147,6 +174,10 @@ impl Taps {
         let mut out = Vec::new();
         for (l, per_op) in self.rec.into_inner().into_iter().enumerate() {
             for (&op, rows) in self.names.iter().zip(per_op) {
+                // An encoder's embedding norm runs once, before block 1.
+                if l > 0 && op == FIRST_LAYER_ONLY && rows.iter().all(Option::is_none) {
+                    continue;
+                }
                 let rows = rows
                     .into_iter()
                     .map(|r| {
@@ -305,7 +336,7 @@ fn natural_counts(req: &RunRequest<'_>) -> (Vec<usize>, Vec<usize>, usize) {
     let segments: Vec<(usize, usize)> = match req.schedule {
         Schedule::Full => vec![(0, seq)],
         Schedule::Segments(s) => s.clone(),
-        Schedule::Rows => Vec::new(),
+        Schedule::Rows | Schedule::Padded { .. } | Schedule::Alone { .. } => Vec::new(),
     };
     match (req.model.plan(), req.schedule) {
         (None, Schedule::Rows) => rows.push(req.observed.len()),

@@ -10,15 +10,16 @@
 //! names and widened to f32 on the host (F16 and BF16 exactly); loading is
 //! strict like `load_state_dict(strict=True)`: a missing, misshaped or
 //! unexpected tensor is an error naming it. Buffers that are not parameters
-//! (GPT-2's `attn.bias` masks, `rotary_emb.inv_freq`) and a tied model's
-//! `lm_head.weight` equal to its embedding are skipped.
+//! (GPT-2's `attn.bias` masks, `rotary_emb.inv_freq`, BERT's I64
+//! `position_ids`), a tied model's `lm_head.weight` equal to its embedding
+//! and `BertModel`'s unused `pooler` are skipped.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::gguf::{Gguf, GgufError, is_gguf};
 use crate::host::HostTensor;
-use crate::model::{Gpt2Spec, LlamaSpec, ModelSpec};
+use crate::model::{BertSpec, Gpt2Spec, LlamaSpec, ModelSpec};
 use crate::weights::{
     Weights, WeightsError, check_shapes, read_safetensors_stored, readable_header,
 };
@@ -113,6 +114,11 @@ pub const ARCHITECTURES: &[Architecture] = &[
         name: "GPT2LMHeadModel",
         model_type: "gpt2",
         spec: |c| Gpt2Spec::from_hf_config(c).map(ModelSpec::Gpt2),
+    },
+    Architecture {
+        name: "BertModel",
+        model_type: "bert",
+        spec: |c| BertSpec::from_hf_config(c).map(ModelSpec::Bert),
     },
 ];
 
@@ -258,11 +264,22 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, HfError> {
     Ok(files)
 }
 
-/// Whether `name` is a buffer, not a parameter: skipped when present.
+/// Whether `name` is a buffer, not a parameter: skipped when present, even
+/// in a dtype layerdrift does not read (BERT's I64 `position_ids`; a
+/// parameter in such a dtype is refused, by name).
 fn is_buffer(name: &str) -> bool {
     name.ends_with(".attn.bias")
         || name.ends_with(".attn.masked_bias")
         || name.ends_with("rotary_emb.inv_freq")
+        || name.ends_with("embeddings.position_ids")
+        || name.ends_with("embeddings.token_type_ids")
+}
+
+/// Whether `name` belongs to a head the model does not run: `BertModel`'s
+/// `pooler` (a tanh dense over `[CLS]`), which sentence-transformers' mean
+/// pooling does not use.
+fn unused_head(model: &ModelSpec, name: &str) -> bool {
+    model.encoder() && name.starts_with("pooler.")
 }
 
 /// The block index of a per-layer tensor name (`model.layers.3.…`,
@@ -270,7 +287,7 @@ fn is_buffer(name: &str) -> bool {
 fn layer_of(name: &str) -> Option<usize> {
     let mut parts = name.split('.');
     while let Some(p) = parts.next() {
-        if p == "layers" || p == "h" {
+        if p == "layers" || p == "h" || p == "layer" {
             return parts.next()?.parse().ok();
         }
     }
@@ -293,7 +310,7 @@ pub fn load(dir: &Path, layers: Option<usize>) -> Result<Checkpoint, HfError> {
     // Name → (tensor, stored dtype), over every shard.
     let mut all: BTreeMap<String, (HostTensor, String)> = BTreeMap::new();
     for f in weight_files(dir)? {
-        all.extend(read_safetensors_stored(&f)?);
+        all.extend(read_safetensors_stored(&f, &|n| is_buffer(n))?);
     }
     // A tied head saved anyway must equal the embedding, value for value.
     let (tensors, stored) = by_dtype(select(dir, &model, all, |lm, emb| lm.0 == emb.0)?);
@@ -323,7 +340,7 @@ pub fn inspect(
     let mut all: BTreeMap<String, (Vec<usize>, String)> = BTreeMap::new();
     for f in weight_files(dir)? {
         all.extend(
-            readable_header(&f)?
+            readable_header(&f, &|n| is_buffer(n))?
                 .into_iter()
                 .map(|(name, (dtype, shape))| (name, (shape, dtype))),
         );
@@ -383,7 +400,11 @@ fn select<T>(
             return true;
         }
         let skipped_layer = layer_of(name).is_some_and(|l| l >= keep);
-        if !(is_buffer(name) || skipped_layer || (tied_head && name == LM_HEAD)) {
+        if !(is_buffer(name)
+            || skipped_layer
+            || unused_head(model, name)
+            || (tied_head && name == LM_HEAD))
+        {
             unexpected.push(name.clone());
         }
         false

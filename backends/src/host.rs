@@ -97,6 +97,10 @@ pub struct Tokens {
     pub seq: usize,
     /// `batch · seq` ids.
     pub ids: Vec<u32>,
+    /// Real tokens per sequence (`batch` entries, each at most `seq`): an
+    /// encoder's sequences of their own lengths, the rest of each row
+    /// padding (id 0). Every entry is `seq` for sequences of one length.
+    pub lengths: Vec<usize>,
 }
 
 impl Tokens {
@@ -107,6 +111,11 @@ impl Tokens {
         let ids = (0..batch * seq)
             .map(|_| (crate::rng::splitmix64(&mut state) % vocab.max(1) as u64) as u32)
             .collect();
-        Tokens { batch, seq, ids }
+        Tokens {
+            batch,
+            seq,
+            ids,
+            lengths: vec![seq; batch],
+        }
     }
 }

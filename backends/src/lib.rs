@@ -51,7 +51,8 @@ pub use device::{BackendId, DeviceKind};
 pub use dtype::DType;
 pub use host::{HostTensor, Tokens};
 pub use model::{
-    Activation, AttentionForm, DecoderSpec, Gpt2Spec, LlamaSpec, ModelSpec, Norm, ResidualMlpSpec,
+    Activation, AttentionForm, BertSpec, DecoderSpec, Gpt2Spec, LlamaSpec, ModelSpec, Norm,
+    ResidualMlpSpec,
 };
 pub use probe::fingerprint::fingerprint;
 pub use probe::{ProbeOp, ProbePoint, ProbeRequest};

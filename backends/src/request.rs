@@ -31,6 +31,23 @@ pub enum Schedule {
     /// `[(0, prefill), (prefill, prefill+1), …]`; `chunked` is
     /// `[(0, c), (c, 2c), …]`.
     Segments(Vec<(usize, usize)>),
+    /// Encoder only: the whole batch in one pass, padded to `to` positions
+    /// (at least the input's length; the backend appends zero rows), the
+    /// keys past sequence `b`'s `lengths[b]` real tokens masked out. `full`
+    /// on an encoder is this with `to` the input's length (its longest
+    /// sequence); `padded: { to: N }` pads further.
+    Padded {
+        /// Real tokens per sequence (the rest of the input is padding).
+        lengths: Vec<usize>,
+        /// Positions each sequence is padded to.
+        to: usize,
+    },
+    /// Encoder only: each sequence by itself (batch 1) at its own length —
+    /// no padding, no mask.
+    Alone {
+        /// Real tokens per sequence.
+        lengths: Vec<usize>,
+    },
 }
 
 impl Schedule {
@@ -58,14 +75,32 @@ impl Schedule {
         match self {
             Schedule::Full => Ok(()),
             Schedule::Rows if model.rows_independent() => Ok(()),
+            Schedule::Rows if model.encoder() => Err(format!(
+                "`rows` needs row-independent layers; a {}'s rows attend to each other — use `alone` (each sequence by itself)",
+                model.kind()
+            )),
             Schedule::Rows => Err(format!(
                 "`rows` needs row-independent layers; a {}'s rows attend to earlier positions — use `kv_cache` or `chunked`",
                 model.kind()
             )),
             Schedule::Segments(_) if model.kv_cache() => Ok(()),
+            Schedule::Segments(_) if model.encoder() => Err(format!(
+                "`kv_cache` and `chunked` need a KV cache; a {} encoder has none — use `full`, `alone` or `padded`",
+                model.kind()
+            )),
             Schedule::Segments(_) => Err(format!(
                 "`kv_cache` and `chunked` need attention with a KV cache; a {} has none — use `full` or `rows`",
                 model.kind()
+            )),
+            Schedule::Padded { .. } | Schedule::Alone { .. } if model.encoder() => Ok(()),
+            Schedule::Padded { .. } | Schedule::Alone { .. } => Err(format!(
+                "`alone` and `padded` need an encoder (sequences of their own lengths, padded and masked); a {} reads one input of one length — use `full`{}",
+                model.kind(),
+                if model.kv_cache() {
+                    ", `kv_cache` or `chunked`"
+                } else {
+                    " or `rows`"
+                }
             )),
         }
     }

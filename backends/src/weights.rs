@@ -172,7 +172,7 @@ impl Weights {
     /// What [`Weights::load`] would refuse, from the file's header alone (no
     /// tensor data is read): names, dtypes and shapes. `validate` runs it.
     pub fn check_file(model: &ModelSpec, path: &Path) -> Result<(), WeightsError> {
-        let header = readable_header(path)?;
+        let header = readable_header(path, &|_| false)?;
         refuse_unexpected(model, header.keys(), path)?;
         let shapes = header.into_iter().map(|(k, (_, s))| (k, s)).collect();
         check_shapes(model, &shapes, path)
@@ -198,11 +198,15 @@ impl Weights {
 const READABLE: &[&str] = &["F32", "F16", "BF16"];
 
 /// [`safetensors_header`], refusing (as reading the data would) a tensor
-/// stored in a dtype that is not read into f32 exactly.
+/// stored in a dtype that is not read into f32 exactly — unless
+/// `skip(name)`: such a tensor (an integer buffer the model does not use,
+/// BERT's `position_ids`) is left out.
 pub(crate) fn readable_header(
     path: &Path,
+    skip: &dyn Fn(&str) -> bool,
 ) -> Result<BTreeMap<String, (String, Vec<usize>)>, WeightsError> {
-    let header = safetensors_header(path)?;
+    let mut header = safetensors_header(path)?;
+    header.retain(|name, (dtype, _)| READABLE.contains(&dtype.as_str()) || !skip(name));
     match header
         .iter()
         .find(|(_, (dtype, _))| !READABLE.contains(&dtype.as_str()))
@@ -390,16 +394,18 @@ fn not_a_file(meta: &std::fs::Metadata) -> std::io::Error {
 
 /// Reads every tensor of a safetensors file as f32 (F16 and BF16 widen exactly).
 pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>, WeightsError> {
-    Ok(read_safetensors_stored(path)?
+    Ok(read_safetensors_stored(path, &|_| false)?
         .into_iter()
         .map(|(n, (t, _))| (n, t))
         .collect())
 }
 
 /// [`read_safetensors`], keeping each tensor's stored dtype (`F32`, `F16`,
-/// `BF16`).
+/// `BF16`); a tensor of another dtype is refused unless `skip(name)`, when
+/// it is left out ([`readable_header`]).
 pub(crate) fn read_safetensors_stored(
     path: &Path,
+    skip: &dyn Fn(&str) -> bool,
 ) -> Result<BTreeMap<String, (HostTensor, String)>, WeightsError> {
     use safetensors::{Dtype, SafeTensors};
     let io = |source| WeightsError::Io {
@@ -433,6 +439,7 @@ pub(crate) fn read_safetensors_stored(
                 .chunks_exact(2)
                 .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
+            _ if skip(&name) => continue,
             other => {
                 return Err(WeightsError::DType {
                     path: path.into(),

@@ -235,6 +235,7 @@ fn token_ids_outside_the_vocabulary_are_refused() {
         batch: 1,
         seq: 2,
         ids: vec![3, 11],
+        lengths: vec![2],
     };
     let e = c.model.embed(&c.weights, &bad).unwrap_err();
     assert!(

@@ -304,7 +304,9 @@ impl Session {
             InputSource::Tokens(seed) => Ok(layerdrift_backends::Tokens::random(
                 var.batch, var.seq, vocab, *seed,
             )),
-            InputSource::TokenFile(path) => crate::scenario::read_token_file(path, vocab),
+            InputSource::TokenFile(path) => {
+                crate::scenario::read_token_file(path, vocab, var.model.encoder())
+            }
             InputSource::Seed(_) | InputSource::File { .. } => Err(format!(
                 "a {} model reads token ids: give `input: {{ tokens: … }}`",
                 var.model.kind()
@@ -336,7 +338,7 @@ impl Session {
     /// file edited between loads does not.
     fn run_key(s: &Scenario, v: usize, backend: BackendId, computed: &str) -> String {
         let var = &s.variants[v];
-        let schedule = s.strategy(computed).map(|st| st.schedule(var.seq));
+        let schedule = s.strategy(computed).map(|st| st.schedule_for(var));
         format!(
             "{backend}|{:?}|{}|{}|{:?}|{computed}:{schedule:?}|{:?}|{:?}|{:?}|ops={}",
             var.model,
@@ -485,7 +487,7 @@ impl Session {
         };
         let var = &s.variants[v];
         let st = s.strategy(strategy)?;
-        match b.can_run(&var.model, var.dtype, &st.schedule(var.seq)) {
+        match b.can_run(&var.model, var.dtype, &st.schedule_for(var)) {
             Err(e) if e.is_skip() => Some(e.to_string()),
             _ => None,
         }
@@ -499,9 +501,11 @@ impl Session {
         backend: BackendId,
         strategy: &str,
     ) -> Result<Arc<Run>, RunError> {
-        // The oracle computes a row-independent model's observed rows alone,
-        // whatever the strategy: one run serves every strategy.
-        let row_independent = s.variants[v].model.rows_independent();
+        // The oracle computes a row-independent model's observed rows alone
+        // (an encoder's observed sequences alone), whatever the strategy:
+        // one run serves every strategy.
+        let model = &s.variants[v].model;
+        let row_independent = model.rows_independent() || model.encoder();
         let computed = if backend.is_oracle() && row_independent {
             "observed rows"
         } else {
@@ -551,7 +555,7 @@ impl Session {
             .ok_or_else(|| RunError::Fail(format!("no strategy `{strategy}`")))?;
         let weights = self.weights(s, v).map_err(RunError::Fail)?;
         let input = self.input(s, v).map_err(RunError::Fail)?;
-        let schedule = st.schedule(var.seq);
+        let schedule = st.schedule_for(var);
         Ok(f(&RunRequest {
             model: &var.model,
             weights: &weights,

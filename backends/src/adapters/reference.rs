@@ -75,6 +75,26 @@ impl Backend for Reference {
                 },
             );
         }
+        if req.model.encoder() {
+            // The truth of an encoder: each observed sequence alone, at its
+            // own length (padding and batching change no value in exact
+            // arithmetic; this computes the least).
+            let lengths = match req.schedule {
+                Schedule::Padded { lengths, .. } | Schedule::Alone { lengths } => lengths.clone(),
+                Schedule::Full | Schedule::Rows | Schedule::Segments(_) => {
+                    vec![req.input.shape[1]; req.input.shape[0]]
+                }
+            };
+            return exec::run(
+                &F64,
+                "reference-cpu",
+                &RunRequest {
+                    schedule: &Schedule::Alone { lengths },
+                    dtype: DType::F64,
+                    ..*req
+                },
+            );
+        }
         // Attention needs every earlier position of the observed batch
         // elements; cut the input down to exactly that.
         let (batches, len) = transformer::support(req.observed);
@@ -96,7 +116,9 @@ impl Backend for Reference {
                     .map(|&(s, e)| (s, e.min(len)))
                     .collect(),
             ),
-            Schedule::Full | Schedule::Rows => Schedule::Full,
+            Schedule::Full | Schedule::Rows | Schedule::Padded { .. } | Schedule::Alone { .. } => {
+                Schedule::Full
+            }
         };
         exec::run(
             &F64,

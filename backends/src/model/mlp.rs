@@ -102,6 +102,9 @@ pub(crate) fn run<O: Ops>(
         Schedule::Segments(_) => {
             return Err("a KV-cache schedule needs attention; a residual_mlp has none".into());
         }
+        Schedule::Padded { .. } | Schedule::Alone { .. } => {
+            return Err("`alone` and `padded` apply to an encoder, not a residual_mlp".into());
+        }
     };
     let at: Vec<Pick> = picks
         .iter()

@@ -6,10 +6,13 @@
 //! - [`mlp`]: the seed's residual feed-forward stack (`residual_mlp`);
 //! - [`decoder`]: layerdrift's own GPT-style decoder (`decoder`);
 //! - [`llama`]: the Llama family (Llama, Mistral, Qwen2, SmolLM; `llama`);
-//! - [`gpt2`]: GPT-2 (`gpt2`).
+//! - [`gpt2`]: GPT-2 (`gpt2`);
+//! - [`bert`]: a BERT-style encoder with mean pooling (`bert`).
 //!
 //! The three decoder kinds share one transformer forward ([`transformer`]),
-//! each describing its block as a [`transformer::Plan`]. What a model can
+//! each describing its block as a [`transformer::Plan`]; the encoder
+//! describes its block as one too (upload, shapes, probes) and runs its own
+//! post-norm, bidirectional forward. What a model can
 //! do — rows independent, attention, a KV cache, token ids in and logits out
 //! — is asked of the spec ([`ModelSpec::rows_independent`],
 //! [`ModelSpec::attention`], [`ModelSpec::vocab`]) and answered by one
@@ -20,12 +23,14 @@
 //! `nn.Module` (Hugging Face's for `llama` and `gpt2`), so weights saved
 //! from PyTorch load unchanged (see [`ModelSpec::parameters`]).
 
+pub mod bert;
 pub mod decoder;
 pub mod gpt2;
 pub mod llama;
 pub mod mlp;
 pub(crate) mod transformer;
 
+pub use bert::BertSpec;
 pub use decoder::DecoderSpec;
 pub use gpt2::Gpt2Spec;
 pub use llama::LlamaSpec;
@@ -118,6 +123,9 @@ pub enum ModelSpec {
     Llama(LlamaSpec),
     /// GPT-2 (Hugging Face `GPT2LMHeadModel`).
     Gpt2(Gpt2Spec),
+    /// A BERT-style encoder with mean pooling (Hugging Face `BertModel`,
+    /// sentence-transformers' pooling).
+    Bert(BertSpec),
 }
 
 /// One named parameter: its `state_dict` name, shape, and seed-init rule.
@@ -190,6 +198,20 @@ impl ModelSpec {
             ModelSpec::Decoder(m) => Some(m.plan()),
             ModelSpec::Llama(m) => Some(m.plan()),
             ModelSpec::Gpt2(m) => Some(m.plan()),
+            ModelSpec::Bert(m) => Some(m.plan()),
+        }
+    }
+
+    /// Whether the model is an encoder: bidirectional attention over a
+    /// batch of sequences of their own lengths, padded and masked — what
+    /// the `alone` and `padded` strategies need.
+    pub fn encoder(&self) -> bool {
+        match self {
+            ModelSpec::Bert(_) => true,
+            ModelSpec::ResidualMlp(_)
+            | ModelSpec::Decoder(_)
+            | ModelSpec::Llama(_)
+            | ModelSpec::Gpt2(_) => false,
         }
     }
 
@@ -199,7 +221,10 @@ impl ModelSpec {
     pub fn rows_independent(&self) -> bool {
         match self {
             ModelSpec::ResidualMlp(_) => true,
-            ModelSpec::Decoder(_) | ModelSpec::Llama(_) | ModelSpec::Gpt2(_) => false,
+            ModelSpec::Decoder(_)
+            | ModelSpec::Llama(_)
+            | ModelSpec::Gpt2(_)
+            | ModelSpec::Bert(_) => false,
         }
     }
 
@@ -212,22 +237,29 @@ impl ModelSpec {
             ModelSpec::Decoder(m) => Some(m.attention),
             ModelSpec::Llama(m) => Some(m.attention),
             ModelSpec::Gpt2(m) => Some(m.attention),
+            // Written out, as transformers' eager `BertSelfAttention`.
+            ModelSpec::Bert(_) => Some(AttentionForm::Manual),
         }
     }
 
     /// Whether the model keeps a per-layer K/V cache, so that a sequence can
-    /// be computed in segments (`kv_cache`, `chunked`).
+    /// be computed in segments (`kv_cache`, `chunked`): the decoder kinds.
     pub fn kv_cache(&self) -> bool {
-        self.attention().is_some()
+        match self {
+            ModelSpec::ResidualMlp(_) | ModelSpec::Bert(_) => false,
+            ModelSpec::Decoder(_) | ModelSpec::Llama(_) | ModelSpec::Gpt2(_) => true,
+        }
     }
 
-    /// The vocabulary of a language model — token ids in, logits out
-    /// ([`crate::Checkpoints::head`]); `None` for a model fed hidden states.
+    /// The vocabulary of a model fed token ids (a decoder's logits come
+    /// out too: [`crate::Checkpoints::head`]); `None` for a model fed hidden
+    /// states.
     pub fn vocab(&self) -> Option<usize> {
         match self {
             ModelSpec::ResidualMlp(_) | ModelSpec::Decoder(_) => None,
             ModelSpec::Llama(m) => Some(m.vocab),
             ModelSpec::Gpt2(m) => Some(m.vocab),
+            ModelSpec::Bert(m) => Some(m.vocab),
         }
     }
 
@@ -237,14 +269,16 @@ impl ModelSpec {
         match self {
             ModelSpec::ResidualMlp(_) | ModelSpec::Decoder(_) | ModelSpec::Llama(_) => None,
             ModelSpec::Gpt2(m) => Some(m.positions),
+            ModelSpec::Bert(m) => Some(m.positions),
         }
     }
 
     /// The same model computing attention as `form` (the oracle writes
-    /// fused attention out).
+    /// fused attention out); an encoder's attention is always written out.
     pub fn with_attention(&self, form: AttentionForm) -> ModelSpec {
         match self {
             ModelSpec::ResidualMlp(m) => ModelSpec::ResidualMlp(m.clone()),
+            ModelSpec::Bert(m) => ModelSpec::Bert(m.clone()),
             ModelSpec::Decoder(m) => ModelSpec::Decoder(DecoderSpec {
                 attention: form,
                 ..m.clone()
@@ -280,12 +314,19 @@ impl ModelSpec {
                 layers: n,
                 ..m.clone()
             }),
+            ModelSpec::Bert(m) => ModelSpec::Bert(BertSpec {
+                layers: n,
+                ..m.clone()
+            }),
         }
     }
 
-    /// Number of layers (blocks); checkpoints are taken after each.
+    /// Number of layers (blocks); checkpoints are taken after each (an
+    /// encoder adds one more: its pooled sequence embedding,
+    /// [`ModelSpec::checkpoints`]).
     pub fn layers(&self) -> usize {
         match self {
+            ModelSpec::Bert(m) => m.layers,
             ModelSpec::ResidualMlp(m) => m.layers,
             ModelSpec::Decoder(m) => m.layers,
             ModelSpec::Llama(m) => m.layers,
@@ -293,9 +334,16 @@ impl ModelSpec {
         }
     }
 
+    /// The layer checkpoints a run returns: one per block, and an encoder's
+    /// pooled, L2-normalised sequence embedding after them.
+    pub fn checkpoints(&self) -> usize {
+        self.layers() + usize::from(self.encoder())
+    }
+
     /// Model width.
     pub fn dim(&self) -> usize {
         match self {
+            ModelSpec::Bert(m) => m.dim,
             ModelSpec::ResidualMlp(m) => m.dim,
             ModelSpec::Decoder(m) => m.dim,
             ModelSpec::Llama(m) => m.dim,
@@ -306,6 +354,7 @@ impl ModelSpec {
     /// The MLP width (between a block's two or three MLP linears).
     pub fn hidden(&self) -> usize {
         match self {
+            ModelSpec::Bert(m) => m.hidden,
             ModelSpec::ResidualMlp(m) => m.hidden,
             ModelSpec::Decoder(m) => m.hidden,
             ModelSpec::Llama(m) => m.hidden,
@@ -321,6 +370,7 @@ impl ModelSpec {
             ModelSpec::Decoder(m) => Some((m.heads, m.heads)),
             ModelSpec::Llama(m) => Some((m.heads, m.kv_heads)),
             ModelSpec::Gpt2(m) => Some((m.heads, m.heads)),
+            ModelSpec::Bert(m) => Some((m.heads, m.heads)),
         }
     }
 
@@ -331,6 +381,7 @@ impl ModelSpec {
             ModelSpec::Decoder(m) => Some(m.head_dim()),
             ModelSpec::Llama(m) => Some(m.head_dim),
             ModelSpec::Gpt2(m) => Some(m.head_dim()),
+            ModelSpec::Bert(m) => Some(m.head_dim()),
         }
     }
 
@@ -340,7 +391,7 @@ impl ModelSpec {
             ModelSpec::ResidualMlp(m) => m.norm,
             ModelSpec::Decoder(m) => m.norm,
             ModelSpec::Llama(_) => Norm::RmsNorm,
-            ModelSpec::Gpt2(_) => Norm::LayerNorm,
+            ModelSpec::Gpt2(_) | ModelSpec::Bert(_) => Norm::LayerNorm,
         }
     }
 
@@ -351,17 +402,19 @@ impl ModelSpec {
             ModelSpec::Decoder(m) => m.activation,
             ModelSpec::Llama(_) => Activation::Silu,
             ModelSpec::Gpt2(m) => m.activation,
+            ModelSpec::Bert(m) => m.activation,
         }
     }
 
     /// The scenario spelling of the kind (`residual_mlp`, `decoder`,
-    /// `llama`, `gpt2`).
+    /// `llama`, `gpt2`, `bert`).
     pub fn kind(&self) -> &'static str {
         match self {
             ModelSpec::ResidualMlp(_) => "residual_mlp",
             ModelSpec::Decoder(_) => "decoder",
             ModelSpec::Llama(_) => "llama",
             ModelSpec::Gpt2(_) => "gpt2",
+            ModelSpec::Bert(_) => "bert",
         }
     }
 
@@ -376,7 +429,10 @@ impl ModelSpec {
     /// attention only: a fused kernel has neither), `attn` (the heads
     /// merged), `o`, `residual1`, `norm2`, the MLP — `fc1`, `act`, `fc2`, or
     /// for Llama's SwiGLU `gate`, `act`, `up`, `mul`, `down` — and
-    /// `residual2`.
+    /// `residual2`. The encoder (`bert`, post-norm): `embed_norm` (the
+    /// embedding LayerNorm, layer 1 only), `q`, `k`, `v`, `scores`,
+    /// `softmax`, `attn`, `o`, `residual1`, `norm1`, `fc1`, `act`, `fc2`,
+    /// `residual2`, `norm2`.
     ///
     /// ```
     /// use layerdrift_backends::{ModelSpec, ResidualMlpSpec, Activation, Norm};
@@ -388,6 +444,7 @@ impl ModelSpec {
     pub fn op_names(&self) -> Vec<&'static str> {
         match (self, self.plan()) {
             (ModelSpec::ResidualMlp(m), _) => m.op_names(),
+            (ModelSpec::Bert(m), _) => m.op_names(),
             (_, Some(plan)) => plan.op_names(),
             (_, None) => Vec::new(),
         }
@@ -400,6 +457,7 @@ impl ModelSpec {
             ModelSpec::Decoder(m) => m.parameters(),
             ModelSpec::Llama(m) => m.parameters(),
             ModelSpec::Gpt2(m) => m.parameters(),
+            ModelSpec::Bert(m) => m.parameters(),
         }
     }
 
@@ -447,6 +505,7 @@ impl ModelSpec {
             )),
             ModelSpec::Llama(m) => m.embed(weights, tokens),
             ModelSpec::Gpt2(m) => m.embed(weights, tokens),
+            ModelSpec::Bert(m) => m.embed(weights, tokens),
         }
     }
 }

@@ -183,18 +183,23 @@ impl Plan {
 }
 
 /// One block's parameters on the device.
-struct Layer<O: Ops> {
-    n1: (O::T, Option<O::T>),
+pub(super) struct Layer<O: Ops> {
+    pub(super) n1: (O::T, Option<O::T>),
     /// `[q, k, v]`, or the fused projection alone.
-    qkv: Vec<O::Linear>,
-    o: O::Linear,
-    n2: (O::T, Option<O::T>),
-    fc1: O::Linear,
-    up: Option<O::Linear>,
-    fc2: O::Linear,
+    pub(super) qkv: Vec<O::Linear>,
+    pub(super) o: O::Linear,
+    pub(super) n2: (O::T, Option<O::T>),
+    pub(super) fc1: O::Linear,
+    pub(super) up: Option<O::Linear>,
+    pub(super) fc2: O::Linear,
 }
 
-fn upload_layer<O: Ops>(ops: &O, p: &Plan, l: usize, req: &RunRequest<'_>) -> OpResult<Layer<O>> {
+pub(super) fn upload_layer<O: Ops>(
+    ops: &O,
+    p: &Plan,
+    l: usize,
+    req: &RunRequest<'_>,
+) -> OpResult<Layer<O>> {
     let w = req.weights;
     let bias = p.norm.has_bias();
     let name = |part| (p.names)(l, part);
@@ -306,14 +311,14 @@ fn apply_rope<O: Ops>(ops: &O, x: &O::T, cos: &O::T, sin: &O::T) -> OpResult<O::
 }
 
 /// `[b, len, dim]` → `[b, heads, len, head_dim]`.
-fn split_heads<O: Ops>(ops: &O, x: &O::T, heads: usize) -> OpResult<O::T> {
+pub(super) fn split_heads<O: Ops>(ops: &O, x: &O::T, heads: usize) -> OpResult<O::T> {
     let s = ops.shape(x);
     let x = ops.reshape(x, &[s[0], s[1], heads, s[2] / heads])?;
     ops.transpose(&x, 1, 2)
 }
 
 /// `[b, heads, len, head_dim]` → `[b, len, dim]`.
-fn merge_heads<O: Ops>(ops: &O, x: &O::T) -> OpResult<O::T> {
+pub(super) fn merge_heads<O: Ops>(ops: &O, x: &O::T) -> OpResult<O::T> {
     let s = ops.shape(x);
     let x = ops.transpose(x, 1, 2)?;
     ops.reshape(&x, &[s[0], s[2], s[1] * s[3]])
@@ -484,7 +489,7 @@ fn picks_in(req: &RunRequest<'_>, start: usize, end: usize) -> Vec<Pick> {
 
 /// `slots[i]` for every observed row, concatenated; an error if a row was
 /// never computed.
-fn gather_slots(slots: Vec<Option<Vec<f64>>>) -> OpResult<Vec<f64>> {
+pub(super) fn gather_slots(slots: Vec<Option<Vec<f64>>>) -> OpResult<Vec<f64>> {
     slots
         .into_iter()
         .map(|r| r.ok_or_else(|| "an observed position lies outside the schedule".to_string()))
@@ -508,6 +513,9 @@ pub(crate) fn run<O: Ops>(
         Schedule::Full => vec![(0, seq)],
         Schedule::Segments(s) => s.clone(),
         Schedule::Rows => return Err("the `rows` strategy does not apply to attention".into()),
+        Schedule::Padded { .. } | Schedule::Alone { .. } => {
+            return Err("`alone` and `padded` apply to an encoder, not a decoder".into());
+        }
     };
     let hd = p.head_dim;
     let rep = p.heads / p.kv_heads;

@@ -77,9 +77,21 @@ pub(super) fn derived(v: &mut Validator<'_>, mut f: Fields, memory_limit: u64) -
         g.m.attentions[0],
     );
     for (i, s) in f.strategies.iter().enumerate() {
-        if let Err(why) = s.schedule(0).fits(&probe) {
+        if let Err(why) = s.schedule(1, &[1], probe.encoder()).fits(&probe) {
             v.err(&format!("strategies[{i}]"), why);
         }
+    }
+    // An encoder runs in standard execution only.
+    if probe.encoder()
+        && let Some(i) = g.executions.iter().position(|e| *e != Execution::Standard)
+    {
+        v.err(
+            &super::fields::execution_path(v, i),
+            format!(
+                "a {} encoder runs in standard execution only: batch-invariant, fixed-shape and pinned execution are built for decoders — remove `execution:`",
+                probe.kind()
+            ),
+        );
     }
 
     // An input file sets batch and seq: it must agree with any given axes.
@@ -148,8 +160,33 @@ pub(super) fn derived(v: &mut Validator<'_>, mut f: Fields, memory_limit: u64) -
         }
     }
 
-    // Prefill and chunks against every sequence length.
+    // Prefill, chunks and padding against every sequence length.
     for (i, s) in f.strategies.iter().enumerate() {
+        if let Some(to) = s.padded_to() {
+            for &seq in &g.seqs {
+                if to < seq {
+                    v.err(
+                        &format!("strategies[{i}].padded.to"),
+                        format!(
+                            "{to} is shorter than the longest sequence ({seq} positions): pad to at least {seq}"
+                        ),
+                    );
+                }
+            }
+            for model in g.models() {
+                if let Some(max) = model.max_positions()
+                    && to > max
+                {
+                    v.err(
+                        &format!("strategies[{i}].padded.to"),
+                        format!(
+                            "{to} is beyond the model's {max} learned positions: pad to at most {max}"
+                        ),
+                    );
+                    break;
+                }
+            }
+        }
         if let super::StrategyKind::Chunked { chunk } = s.kind {
             for &seq in &g.seqs {
                 if chunk >= seq {
@@ -193,7 +230,8 @@ pub(super) fn derived(v: &mut Validator<'_>, mut f: Fields, memory_limit: u64) -
     let mut observed: HashMap<(usize, usize), Vec<Row>> = HashMap::new();
     for &batch in &g.batches {
         for &seq in &g.seqs {
-            match observe::resolve(&f.observe, batch, seq, decoded_from) {
+            let lengths = g.lengths.as_deref();
+            match observe::resolve(&f.observe, batch, seq, decoded_from, lengths) {
                 Ok(rows) => {
                     observed.insert((batch, seq), rows);
                 }

@@ -16,6 +16,9 @@ pub(super) struct Grid {
     pub(super) dtypes: Vec<DType>,
     pub(super) batches: Vec<usize>,
     pub(super) seqs: Vec<usize>,
+    /// A token file's real tokens per sequence (an encoder's sequences may
+    /// be shorter than `seqs`); `None`: every sequence fills `seq`.
+    pub(super) lengths: Option<Vec<usize>>,
     /// The executions (`execution:`).
     pub(super) executions: Vec<Execution>,
 }
@@ -117,6 +120,10 @@ impl Grid {
                                                 model: self.m.model(act, norm, residual, rope, att),
                                                 batch,
                                                 seq,
+                                                lengths: self
+                                                    .lengths
+                                                    .clone()
+                                                    .unwrap_or_else(|| vec![seq; batch]),
                                                 dtype,
                                                 observed: observed
                                                     .get(&(batch, seq))

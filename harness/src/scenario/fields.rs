@@ -83,9 +83,11 @@ pub(super) fn fields(
     let inp = raw.input;
     let vocab = model.kind.vocab();
     let (batch_given, seq_given) = (inp.batch.is_some(), inp.seq.is_some());
+    let encoder = model.kind.encoder();
+    let mut lengths = None;
     let (batches, seqs, input) = match (inp.tokens, vocab) {
         // An unusable model section: the token ids are checked on their own.
-        (Some(t), None) if !model_ok => token_fields(v, t, usize::MAX),
+        (Some(t), None) if !model_ok => token_fields(v, t, usize::MAX, true, &mut lengths),
         (None, Some(_)) if !model_ok => (vec![1], vec![1], InputSource::Seed(0)),
         (Some(_), None) => {
             v.err(
@@ -115,7 +117,7 @@ pub(super) fn fields(
                     );
                 }
             }
-            token_fields(v, t, vocab)
+            token_fields(v, t, vocab, encoder, &mut lengths)
         }
         (None, None) => {
             let batches = v.positive_axis("input.batch", inp.batch);
@@ -199,6 +201,13 @@ pub(super) fn fields(
                     );
                 }
                 ("chunked", StrategyKind::Chunked { chunk })
+            }
+            RawStrategy::Alone => ("alone", StrategyKind::Alone),
+            RawStrategy::Padded { to } => {
+                if to == 0 {
+                    v.err(&format!("{at}.padded.to"), "must be at least 1");
+                }
+                ("padded", StrategyKind::Padded { to })
             }
         };
         if strategies.iter().any(|x| x.name == name) {
@@ -328,6 +337,7 @@ pub(super) fn fields(
             dtypes,
             batches,
             seqs,
+            lengths,
             executions,
         },
         input,
@@ -358,6 +368,17 @@ pub(super) fn tile_path(v: &Validator<'_>, i: usize) -> String {
     .unwrap_or_else(|| "execution".into())
 }
 
+/// Where the `i`-th execution is written: `execution[i]`, or `execution`
+/// for a single value.
+pub(super) fn execution_path(v: &Validator<'_>, i: usize) -> String {
+    let item = format!("execution[{i}]");
+    if v.index.has(&item) {
+        item
+    } else {
+        "execution".into()
+    }
+}
+
 /// Where the anchor of the `i`-th execution is written, like [`tile_path`].
 pub(super) fn anchor_path(v: &Validator<'_>, i: usize) -> String {
     [
@@ -370,12 +391,15 @@ pub(super) fn anchor_path(v: &Validator<'_>, i: usize) -> String {
     .unwrap_or_else(|| "execution".into())
 }
 
-/// `input.tokens`: ids from a file (checked below `vocab`) or drawn from a
+/// `input.tokens`: ids from a file (checked below `vocab`; of different
+/// lengths only for an `encoder`, whose `lengths` it sets) or drawn from a
 /// seed.
 fn token_fields(
     v: &mut Validator<'_>,
     t: super::raw::RawTokens,
     vocab: usize,
+    encoder: bool,
+    lengths: &mut Option<Vec<usize>>,
 ) -> (Vec<usize>, Vec<usize>, InputSource) {
     match t.file {
         Some(f) => {
@@ -386,8 +410,11 @@ fn token_fields(
                 );
             }
             let path = v.relative(&f);
-            match read_token_file(&path, vocab) {
-                Ok(t) => (vec![t.batch], vec![t.seq], InputSource::TokenFile(path)),
+            match read_token_file(&path, vocab, encoder) {
+                Ok(t) => {
+                    *lengths = Some(t.lengths);
+                    (vec![t.batch], vec![t.seq], InputSource::TokenFile(path))
+                }
                 Err(e) => {
                     v.err("input.tokens.file", e);
                     (vec![1], vec![1], InputSource::TokenFile(path))
@@ -402,9 +429,15 @@ fn token_fields(
     }
 }
 
-/// Reads a token file: a JSON list of equally long lists of ids below
-/// `vocab` (`[[1, 2, 3], [4, 5, 6]]`).
-pub fn read_token_file(path: &std::path::Path, vocab: usize) -> Result<Tokens, String> {
+/// Reads a token file: a JSON list of lists of ids below `vocab`
+/// (`[[1, 2, 3], [4, 5, 6]]`), equally long unless `ragged` (an encoder's
+/// sequences of their own lengths: each shorter one is padded with id 0 to
+/// the longest, and [`Tokens::lengths`] says how many ids are real).
+pub fn read_token_file(
+    path: &std::path::Path,
+    vocab: usize,
+    ragged: bool,
+) -> Result<Tokens, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     let rows: Vec<Vec<u64>> = serde_json::from_str(&text).map_err(|e| {
@@ -413,17 +446,21 @@ pub fn read_token_file(path: &std::path::Path, vocab: usize) -> Result<Tokens, S
             path.display()
         )
     })?;
-    let seq = rows.first().map_or(0, Vec::len);
+    let seq = rows.iter().map(Vec::len).max().unwrap_or(0);
     if rows.is_empty() || seq == 0 {
         return Err(format!("{}: no token ids", path.display()));
     }
+    if let Some(b) = rows.iter().position(Vec::is_empty) {
+        return Err(format!("{}: sequence {b} has no ids", path.display()));
+    }
     let mut ids = Vec::with_capacity(rows.len() * seq);
     for (b, r) in rows.iter().enumerate() {
-        if r.len() != seq {
+        if r.len() != rows[0].len() && !ragged {
             return Err(format!(
-                "{}: sequence {b} has {} ids, sequence 0 has {seq}: every sequence must have the same length",
+                "{}: sequence {b} has {} ids, sequence 0 has {}: every sequence must have the same length (only an encoder, `kind: bert`, reads sequences of their own lengths)",
                 path.display(),
-                r.len()
+                r.len(),
+                rows[0].len()
             ));
         }
         for (p, &id) in r.iter().enumerate() {
@@ -435,10 +472,13 @@ pub fn read_token_file(path: &std::path::Path, vocab: usize) -> Result<Tokens, S
             }
             ids.push(id as u32);
         }
+        // Padding: id 0 (BERT's `[PAD]`), masked out of every real row.
+        ids.extend(std::iter::repeat_n(0, seq - r.len()));
     }
     Ok(Tokens {
         batch: rows.len(),
         seq,
         ids,
+        lengths: rows.iter().map(Vec::len).collect(),
     })
 }

@@ -7,7 +7,8 @@
 use std::path::PathBuf;
 
 use layerdrift_backends::{
-    Activation, AttentionForm, DecoderSpec, Gpt2Spec, LlamaSpec, ModelSpec, Norm, ResidualMlpSpec,
+    Activation, AttentionForm, BertSpec, DecoderSpec, Gpt2Spec, LlamaSpec, ModelSpec, Norm,
+    ResidualMlpSpec,
 };
 
 use super::raw::{Axis, RawAttention, RawKind, RawModel};
@@ -29,6 +30,8 @@ pub(super) enum GridKind {
     },
     /// `kind: gpt2`.
     Gpt2 { vocab: usize, positions: usize },
+    /// `kind: bert`.
+    Bert { vocab: usize, positions: usize },
     /// `checkpoint:`: the model its `config.json` describes.
     Checkpoint { dir: PathBuf, model: Box<ModelSpec> },
 }
@@ -38,8 +41,23 @@ impl GridKind {
     pub(super) fn has_attention(&self) -> bool {
         match self {
             GridKind::Mlp => false,
-            GridKind::Decoder | GridKind::Llama { .. } | GridKind::Gpt2 { .. } => true,
+            GridKind::Decoder
+            | GridKind::Llama { .. }
+            | GridKind::Gpt2 { .. }
+            | GridKind::Bert { .. } => true,
             GridKind::Checkpoint { model, .. } => model.attention().is_some(),
+        }
+    }
+
+    /// Whether the model is an encoder (sequences of their own lengths,
+    /// padded and masked).
+    pub(super) fn encoder(&self) -> bool {
+        match self {
+            GridKind::Mlp | GridKind::Decoder | GridKind::Llama { .. } | GridKind::Gpt2 { .. } => {
+                false
+            }
+            GridKind::Bert { .. } => true,
+            GridKind::Checkpoint { model, .. } => model.encoder(),
         }
     }
 
@@ -47,7 +65,9 @@ impl GridKind {
     pub(super) fn vocab(&self) -> Option<usize> {
         match self {
             GridKind::Mlp | GridKind::Decoder => None,
-            GridKind::Llama { vocab, .. } | GridKind::Gpt2 { vocab, .. } => Some(*vocab),
+            GridKind::Llama { vocab, .. }
+            | GridKind::Gpt2 { vocab, .. }
+            | GridKind::Bert { vocab, .. } => Some(*vocab),
             GridKind::Checkpoint { model, .. } => model.vocab(),
         }
     }
@@ -132,6 +152,17 @@ impl ModelFields {
                 activation: Activation::GeluNew,
                 attention,
             }),
+            GridKind::Bert { vocab, positions } => ModelSpec::Bert(BertSpec {
+                layers: self.layers,
+                dim: self.dim,
+                heads: self.heads,
+                hidden,
+                vocab: *vocab,
+                positions: *positions,
+                type_vocab: 2,
+                eps: self.eps,
+                activation,
+            }),
             GridKind::Checkpoint { model, .. } => model.with_attention(attention),
         }
     }
@@ -141,22 +172,22 @@ impl ModelFields {
 fn only_for(m: &RawModel) -> Vec<(&'static str, bool, &'static [RawKind])> {
     use RawKind::*;
     vec![
-        ("heads", m.heads.is_some(), &[Decoder, Llama, Gpt2]),
+        ("heads", m.heads.is_some(), &[Decoder, Llama, Gpt2, Bert]),
         ("rope", m.rope.is_some(), &[Decoder]),
         ("rope_theta", m.rope_theta.is_some(), &[Decoder, Llama]),
         ("residual", m.residual.is_some(), &[ResidualMlp]),
         (
             "activation",
             m.activation.is_some(),
-            &[ResidualMlp, Decoder],
+            &[ResidualMlp, Decoder, Bert],
         ),
         ("norm", m.norm.is_some(), &[ResidualMlp, Decoder]),
         ("attention", m.attention.is_some(), &[Decoder, Llama, Gpt2]),
         ("kv_heads", m.kv_heads.is_some(), &[Llama]),
-        ("vocab", m.vocab.is_some(), &[Llama, Gpt2]),
+        ("vocab", m.vocab.is_some(), &[Llama, Gpt2, Bert]),
         ("tie_embeddings", m.tie_embeddings.is_some(), &[Llama]),
         ("attention_bias", m.attention_bias.is_some(), &[Llama]),
-        ("positions", m.positions.is_some(), &[Gpt2]),
+        ("positions", m.positions.is_some(), &[Gpt2, Bert]),
     ]
 }
 
@@ -166,6 +197,7 @@ fn kind_name(k: RawKind) -> &'static str {
         RawKind::Decoder => "decoder",
         RawKind::Llama => "llama",
         RawKind::Gpt2 => "gpt2",
+        RawKind::Bert => "bert",
     }
 }
 
@@ -197,7 +229,7 @@ pub(super) fn model_fields(v: &mut Validator<'_>, m: RawModel) -> ModelFields {
     let Some(kind) = m.kind else {
         v.err(
             "model",
-            "no `kind:` — write `kind: residual_mlp`, `decoder`, `llama` or `gpt2`, or `checkpoint: <Hugging Face folder>`",
+            "no `kind:` — write `kind: residual_mlp`, `decoder`, `llama`, `gpt2` or `bert`, or `checkpoint: <Hugging Face folder>`",
         );
         return fallback(attentions);
     };
@@ -225,6 +257,7 @@ pub(super) fn model_fields(v: &mut Validator<'_>, m: RawModel) -> ModelFields {
     }
     let eps = m.eps.unwrap_or(match kind {
         RawKind::Llama => 1e-6,
+        RawKind::Bert => 1e-12,
         RawKind::ResidualMlp | RawKind::Decoder | RawKind::Gpt2 => 1e-5,
     });
     v.finite_positive("model.eps", eps);
@@ -301,7 +334,16 @@ pub(super) fn model_fields(v: &mut Validator<'_>, m: RawModel) -> ModelFields {
             v.positive("model.positions", positions);
             GridKind::Gpt2 { vocab, positions }
         }
+        RawKind::Bert => {
+            let vocab = required(v, "model.vocab", m.vocab);
+            let positions = m.positions.unwrap_or(512);
+            v.positive("model.positions", positions);
+            GridKind::Bert { vocab, positions }
+        }
     };
+    if matches!(kind, GridKind::Bert { .. }) {
+        refuse_fused(v, &attentions);
+    }
     ModelFields {
         kind,
         layers,
@@ -315,6 +357,17 @@ pub(super) fn model_fields(v: &mut Validator<'_>, m: RawModel) -> ModelFields {
         residuals,
         ropes,
         attentions,
+    }
+}
+
+/// An encoder's attention is written out (transformers' eager
+/// `BertSelfAttention`): `attention: fused` is refused.
+fn refuse_fused(v: &mut Validator<'_>, attentions: &[AttentionForm]) {
+    if attentions.contains(&AttentionForm::Fused) {
+        v.err(
+            "model.attention",
+            "an encoder's attention is written out (`manual`): its padding mask is per sequence, which no backend's fused kernel here takes — remove `fused`",
+        );
     }
 }
 
@@ -391,7 +444,12 @@ fn checkpoint_fields(
     // The headers too (names, dtypes, shapes): what loading would refuse is
     // refused here, before any tensor is read.
     let model = match layerdrift_backends::hf::inspect(&dir, m.layers) {
-        Ok((model, _)) => model,
+        Ok((model, _)) => {
+            if model.encoder() {
+                refuse_fused(v, &attentions);
+            }
+            model
+        }
         Err(e) => {
             let at = if matches!(e, layerdrift_backends::hf::HfError::Config { ref message, .. } if message.contains("`layers:"))
             {

@@ -45,7 +45,8 @@ pub use raw::{Axis, EXECUTIONS, FIXED_SHAPE_TILE, PINNED_ANCHOR, STRATEGIES};
 /// One strategy: how the observed rows are computed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Strategy {
-    /// Name used in checks: `full`, `rows`, `kv_cache`, `chunked`.
+    /// Name used in checks: `full`, `rows`, `kv_cache`, `chunked`, `alone`,
+    /// `padded`.
     pub name: &'static str,
     kind: StrategyKind,
 }
@@ -57,16 +58,44 @@ enum StrategyKind {
     Rows,
     KvCache { prefill: usize },
     Chunked { chunk: usize },
+    Alone,
+    Padded { to: usize },
 }
 
 impl Strategy {
-    /// The schedule for a sequence of `seq` positions.
-    pub fn schedule(&self, seq: usize) -> Schedule {
+    /// The schedule for `var`'s input.
+    pub fn schedule_for(&self, var: &Variant) -> Schedule {
+        self.schedule(var.seq, &var.lengths, var.model.encoder())
+    }
+
+    /// The schedule for an input of `seq` positions whose sequences hold
+    /// `lengths` real tokens; on an `encoder`, `full` pads them to `seq`
+    /// and masks the padding.
+    pub fn schedule(&self, seq: usize, lengths: &[usize], encoder: bool) -> Schedule {
         match self.kind {
+            StrategyKind::Full if encoder => Schedule::Padded {
+                lengths: lengths.to_vec(),
+                to: seq,
+            },
             StrategyKind::Full => Schedule::Full,
             StrategyKind::Rows => Schedule::Rows,
             StrategyKind::KvCache { prefill } => Schedule::kv_cache(prefill, seq),
             StrategyKind::Chunked { chunk } => Schedule::chunked(chunk, seq),
+            StrategyKind::Alone => Schedule::Alone {
+                lengths: lengths.to_vec(),
+            },
+            StrategyKind::Padded { to } => Schedule::Padded {
+                lengths: lengths.to_vec(),
+                to,
+            },
+        }
+    }
+
+    /// The length a `padded` strategy pads to.
+    pub fn padded_to(&self) -> Option<usize> {
+        match self.kind {
+            StrategyKind::Padded { to } => Some(to),
+            _ => None,
         }
     }
 
@@ -88,6 +117,10 @@ impl Strategy {
             }
             StrategyKind::Chunked { chunk } => {
                 format!("chunked (chunks of {chunk} through the KV cache)")
+            }
+            StrategyKind::Alone => "alone (each sequence by itself, unpadded)".into(),
+            StrategyKind::Padded { to } => {
+                format!("padded (the batch padded to {to} positions, padding masked)")
             }
         }
     }
@@ -152,8 +185,12 @@ pub struct Variant {
     pub model: ModelSpec,
     /// Input batch size.
     pub batch: usize,
-    /// Input sequence length.
+    /// Input sequence length (an encoder's: its longest sequence).
     pub seq: usize,
+    /// Real tokens per sequence (`batch` entries, each at most `seq`): an
+    /// encoder's sequences of their own lengths; every entry is `seq`
+    /// otherwise.
+    pub lengths: Vec<usize>,
     /// Computation dtype.
     pub dtype: DType,
     /// Observed rows, resolved against `batch` and `seq`.

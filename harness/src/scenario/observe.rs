@@ -29,13 +29,19 @@ fn index(path: &str, i: i64, n: usize, what: &str) -> Result<usize, ObserveError
 
 /// The rows `observe` means for an input of `batch × seq` (both ≥ 1);
 /// `decoded_from` is the first position a `kv_cache` strategy decodes.
+/// With `lengths` (an encoder's sequences of their own lengths), positions
+/// count within each sequence's real tokens: `-1` and `last` mean its own
+/// last token, never padding.
 pub(super) fn resolve(
     observe: &RawObserve,
     batch: usize,
     seq: usize,
     decoded_from: Option<usize>,
+    lengths: Option<&[usize]>,
 ) -> Result<Vec<Row>, ObserveError> {
     let last_batch = batch - 1;
+    // The real length of sequence `b`.
+    let len = |b: usize| lengths.and_then(|l| l.get(b).copied()).unwrap_or(seq);
     let too_many = |n: usize| {
         (
             "observe".to_string(),
@@ -47,7 +53,7 @@ pub(super) fn resolve(
     match observe {
         RawObserve::Last => Ok(vec![Row {
             batch: last_batch,
-            pos: seq - 1,
+            pos: len(last_batch) - 1,
         }]),
         RawObserve::Decoded => {
             let Some(p) = decoded_from else {
@@ -82,10 +88,17 @@ pub(super) fn resolve(
             if last == 0 {
                 return Err(("observe.last".into(), "must be at least 1".into()));
             }
-            if last > seq {
+            if let Some(&b) = batches.iter().find(|&&b| last > len(b)) {
                 return Err((
                     "observe.last".into(),
-                    format!("{last} positions asked but seq is {seq}"),
+                    if len(b) == seq {
+                        format!("{last} positions asked but seq is {seq}")
+                    } else {
+                        format!(
+                            "{last} positions asked but sequence {b} has {} tokens",
+                            len(b)
+                        )
+                    },
                 ));
             }
             let n = batches.len().saturating_mul(last);
@@ -94,7 +107,7 @@ pub(super) fn resolve(
             }
             Ok(batches
                 .into_iter()
-                .flat_map(|b| (seq - last..seq).map(move |pos| Row { batch: b, pos }))
+                .flat_map(|b| (len(b) - last..len(b)).map(move |pos| Row { batch: b, pos }))
                 .collect())
         }
         RawObserve::Rows(pairs) => {
@@ -110,9 +123,10 @@ pub(super) fn resolve(
             let mut rows = Vec::with_capacity(pairs.len());
             let mut seen = std::collections::HashSet::new();
             for (i, [b, p]) in pairs.iter().enumerate() {
+                let batch = index(&format!("observe[{i}][0]"), *b, batch, "batch")?;
                 let row = Row {
-                    batch: index(&format!("observe[{i}][0]"), *b, batch, "batch")?,
-                    pos: index(&format!("observe[{i}][1]"), *p, seq, "position")?,
+                    batch,
+                    pos: index(&format!("observe[{i}][1]"), *p, len(batch), "position")?,
                 };
                 if !seen.insert(row) {
                     return Err((

@@ -68,6 +68,7 @@ pub(super) enum RawKind {
     Decoder,
     Llama,
     Gpt2,
+    Bert,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
@@ -283,6 +284,8 @@ pub(super) enum RawStrategy {
     Rows,
     KvCache { prefill: usize },
     Chunked { chunk: usize },
+    Alone,
+    Padded { to: usize },
 }
 
 #[derive(Deserialize)]
@@ -297,11 +300,17 @@ pub(super) struct ChunkedArgs {
     pub(super) chunk: usize,
 }
 
-/// Strategy names, as scenario files write them.
-pub const STRATEGIES: &[&str] = &["full", "rows", "kv_cache", "chunked"];
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PaddedArgs {
+    pub(super) to: usize,
+}
 
-/// `full` / `rows` as plain names, `kv_cache: { prefill: N }` and
-/// `chunked: { chunk: N }` as one-key mappings (serde_yaml 0.9 would want
+/// Strategy names, as scenario files write them.
+pub const STRATEGIES: &[&str] = &["full", "rows", "kv_cache", "chunked", "alone", "padded"];
+
+/// `full` / `rows` / `alone` as plain names, `kv_cache: { prefill: N }`,
+/// `chunked: { chunk: N }` and `padded: { to: N }` as one-key mappings (serde_yaml 0.9 would want
 /// `!kv_cache` tags for an enum; scenarios read better without).
 impl<'de> Deserialize<'de> for RawStrategy {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -309,12 +318,16 @@ impl<'de> Deserialize<'de> for RawStrategy {
         impl<'de> Visitor<'de> for V {
             type Value = RawStrategy;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("`full`, `rows`, `kv_cache: { prefill: N }` or `chunked: { chunk: N }`")
+                f.write_str("`full`, `rows`, `alone`, `kv_cache: { prefill: N }`, `chunked: { chunk: N }` or `padded: { to: N }`")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<RawStrategy, E> {
                 match v {
                     "full" => Ok(RawStrategy::Full),
                     "rows" => Ok(RawStrategy::Rows),
+                    "alone" => Ok(RawStrategy::Alone),
+                    "padded" => Err(E::custom(
+                        "`padded` needs the length to pad to: `padded: { to: N }`",
+                    )),
                     "kv_cache" => Err(E::custom(
                         "`kv_cache` needs its prefill length: `kv_cache: { prefill: N }`",
                     )),
@@ -335,7 +348,10 @@ impl<'de> Deserialize<'de> for RawStrategy {
                     "chunked" => RawStrategy::Chunked {
                         chunk: map.next_value::<ChunkedArgs>()?.chunk,
                     },
-                    "full" | "rows" => {
+                    "padded" => RawStrategy::Padded {
+                        to: map.next_value::<PaddedArgs>()?.to,
+                    },
+                    "full" | "rows" | "alone" => {
                         return Err(de::Error::custom(format!(
                             "`{key}` takes no arguments: write it as a plain name"
                         )));
