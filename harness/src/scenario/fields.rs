@@ -293,7 +293,9 @@ pub(super) fn fields(
         );
     }
 
-    let observe = raw.observe.unwrap_or(if decoder {
+    // An encoder has nothing decoded: its default is the last token of the
+    // last sequence, as a residual MLP's is the last row.
+    let observe = raw.observe.unwrap_or(if decoder && !encoder {
         RawObserve::Decoded
     } else {
         RawObserve::Last

@@ -341,9 +341,6 @@ pub(super) fn model_fields(v: &mut Validator<'_>, m: RawModel) -> ModelFields {
             GridKind::Bert { vocab, positions }
         }
     };
-    if matches!(kind, GridKind::Bert { .. }) {
-        refuse_fused(v, &attentions);
-    }
     ModelFields {
         kind,
         layers,
