@@ -165,12 +165,14 @@ fn bad_folders_are_refused_by_name() {
     let d = tmp("arch");
     std::fs::write(
         d.join("config.json"),
-        LLAMA.replace("LlamaForCausalLM", "BertModel"),
+        LLAMA.replace("LlamaForCausalLM", "T5ForConditionalGeneration"),
     )
     .unwrap();
     let e = err(&d);
     assert!(
-        e.contains("`BertModel` is not supported") && e.contains("LlamaForCausalLM"),
+        e.contains("`T5ForConditionalGeneration` is not supported")
+            && e.contains("LlamaForCausalLM")
+            && e.contains("BertModel"),
         "{e}"
     );
     // kv_heads that do not divide heads.
@@ -245,4 +247,79 @@ fn token_ids_outside_the_vocabulary_are_refused() {
     let ok = layerdrift_backends::Tokens::random(2, 5, 11, 1);
     let x = c.model.embed(&c.weights, &ok).unwrap();
     assert_eq!(x.shape, vec![2, 5, 8]);
+}
+
+const BERT: &str = r#"{
+  "architectures": ["BertModel"], "model_type": "bert",
+  "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 2,
+  "num_attention_heads": 2, "vocab_size": 11, "max_position_embeddings": 16,
+  "type_vocab_size": 2, "layer_norm_eps": 1e-12, "hidden_act": "gelu",
+  "position_embedding_type": "absolute"
+}"#;
+
+/// A BertModel folder as `save_pretrained` writes it: the model's F32
+/// tensors, the I64 `embeddings.position_ids` buffer and the `pooler`, with
+/// `word_embeddings` stored as `word_dtype`.
+fn bert_folder(name: &str, word_dtype: Dtype) -> PathBuf {
+    let d = tmp(name);
+    std::fs::write(d.join("config.json"), BERT).unwrap();
+    let model = hf::read_config(&d, None).unwrap();
+    let mut bytes: Vec<(String, Dtype, Vec<u8>, Vec<usize>)> = Weights::init(&model, 5, 0.1)
+        .iter()
+        .map(|(n, t)| {
+            let dtype = if n == "embeddings.word_embeddings.weight" {
+                word_dtype
+            } else {
+                Dtype::F32
+            };
+            let b: Vec<u8> = match dtype {
+                Dtype::I64 => t.data.iter().flat_map(|x| (*x as i64).to_le_bytes()).collect(),
+                _ => t.data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            };
+            (n.clone(), dtype, b, t.shape.clone())
+        })
+        .collect();
+    let ids: Vec<u8> = (0..16i64).flat_map(|i| i.to_le_bytes()).collect();
+    bytes.push(("embeddings.position_ids".into(), Dtype::I64, ids, vec![1, 16]));
+    let pool: Vec<u8> = vec![0u8; 8 * 8 * 4];
+    bytes.push(("pooler.dense.weight".into(), Dtype::F32, pool, vec![8, 8]));
+    bytes.push(("pooler.dense.bias".into(), Dtype::F32, vec![0u8; 32], vec![8]));
+    let views: Vec<(String, TensorView<'_>)> = bytes
+        .iter()
+        .map(|(n, dt, b, s)| (n.clone(), TensorView::new(*dt, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, &d.join("model.safetensors")).unwrap();
+    d
+}
+
+#[test]
+fn a_bert_folder_loads_skipping_its_integer_buffer_and_unused_pooler() {
+    let d = bert_folder("bert", Dtype::F32);
+    let (model, stored) = hf::inspect(&d, None).unwrap();
+    let ModelSpec::Bert(m) = &model else {
+        panic!("{model:?}")
+    };
+    assert_eq!((m.layers, m.dim, m.heads, m.hidden), (2, 8, 2, 16));
+    assert_eq!((m.vocab, m.positions, m.type_vocab), (11, 16, 2));
+    // Neither the I64 buffer nor the pooler is among the used tensors.
+    assert_eq!(stored.get("I64"), None, "{stored:?}");
+    let c = hf::load(&d, None).unwrap();
+    assert!(c.weights.iter().all(|(n, _)| !n.starts_with("pooler.") && !n.ends_with("position_ids")));
+    assert_eq!(c.weights.iter().count(), model.parameters().len());
+    // Its sentence-embedding checkpoint follows the blocks.
+    assert_eq!(model.checkpoints(), 3);
+}
+
+#[test]
+fn a_bert_parameter_in_an_integer_dtype_is_refused_by_name() {
+    let d = bert_folder("bert-i64", Dtype::I64);
+    for e in [
+        hf::inspect(&d, None).unwrap_err().to_string(),
+        hf::load(&d, None).unwrap_err().to_string(),
+    ] {
+        assert!(
+            e.contains("embeddings.word_embeddings.weight") && e.contains("I64"),
+            "{e}"
+        );
+    }
 }
