@@ -273,17 +273,31 @@ fn bert_folder(name: &str, word_dtype: Dtype) -> PathBuf {
                 Dtype::F32
             };
             let b: Vec<u8> = match dtype {
-                Dtype::I64 => t.data.iter().flat_map(|x| (*x as i64).to_le_bytes()).collect(),
+                Dtype::I64 => t
+                    .data
+                    .iter()
+                    .flat_map(|x| (*x as i64).to_le_bytes())
+                    .collect(),
                 _ => t.data.iter().flat_map(|x| x.to_le_bytes()).collect(),
             };
             (n.clone(), dtype, b, t.shape.clone())
         })
         .collect();
     let ids: Vec<u8> = (0..16i64).flat_map(|i| i.to_le_bytes()).collect();
-    bytes.push(("embeddings.position_ids".into(), Dtype::I64, ids, vec![1, 16]));
+    bytes.push((
+        "embeddings.position_ids".into(),
+        Dtype::I64,
+        ids,
+        vec![1, 16],
+    ));
     let pool: Vec<u8> = vec![0u8; 8 * 8 * 4];
     bytes.push(("pooler.dense.weight".into(), Dtype::F32, pool, vec![8, 8]));
-    bytes.push(("pooler.dense.bias".into(), Dtype::F32, vec![0u8; 32], vec![8]));
+    bytes.push((
+        "pooler.dense.bias".into(),
+        Dtype::F32,
+        vec![0u8; 32],
+        vec![8],
+    ));
     let views: Vec<(String, TensorView<'_>)> = bytes
         .iter()
         .map(|(n, dt, b, s)| (n.clone(), TensorView::new(*dt, s.clone(), b).unwrap()))
@@ -304,7 +318,11 @@ fn a_bert_folder_loads_skipping_its_integer_buffer_and_unused_pooler() {
     // Neither the I64 buffer nor the pooler is among the used tensors.
     assert_eq!(stored.get("I64"), None, "{stored:?}");
     let c = hf::load(&d, None).unwrap();
-    assert!(c.weights.iter().all(|(n, _)| !n.starts_with("pooler.") && !n.ends_with("position_ids")));
+    assert!(
+        c.weights
+            .iter()
+            .all(|(n, _)| !n.starts_with("pooler.") && !n.ends_with("position_ids"))
+    );
     assert_eq!(c.weights.iter().count(), model.parameters().len());
     // Its sentence-embedding checkpoint follows the blocks.
     assert_eq!(model.checkpoints(), 3);
