@@ -149,7 +149,10 @@ fn variant_of(session: &Session, case: Case) -> Result<(Scenario, usize), String
             v.batch == case.batch()
                 && match &v.model {
                     ModelSpec::ResidualMlp(m) => m.residual,
-                    ModelSpec::Decoder(_) | ModelSpec::Llama(_) | ModelSpec::Gpt2(_) => true,
+                    ModelSpec::Decoder(_)
+                    | ModelSpec::Llama(_)
+                    | ModelSpec::Gpt2(_)
+                    | ModelSpec::Bert(_) => true,
                 }
         })
         .ok_or(format!(
