@@ -3,13 +3,14 @@
 //! A NaN or infinite value anywhere is a violation before any bound is
 //! looked at; a bound never passes a comparison it cannot evaluate.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::metric::Metric;
 use crate::metrics::{DriftProfile, LayerDrift};
 
 /// Limits on per-layer metrics (each optional).
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MetricBounds {
     /// Max of mean |a − b|.
@@ -35,7 +36,7 @@ pub struct MetricBounds {
 ///   last_layer: { mean_abs: 3.0e-6 }  # a limit at the last layer only
 ///   growth_exponent: 1.5              # mean_abs ≈ c·layer^p with p ≤ 1.5
 /// ```
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Bounds {
     /// Every element bitwise equal at every layer.
@@ -47,6 +48,41 @@ pub struct Bounds {
     pub last_layer: Option<MetricBounds>,
     /// Max exponent of the power-law fit of mean |a − b| over layers.
     pub growth_exponent: Option<f64>,
+    /// How `layerdrift calibrate` made these bounds (kept with them, never
+    /// judged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibrated: Option<Calibration>,
+}
+
+/// How a bound was made by `layerdrift calibrate`: from what, by which
+/// statistic and margin, and the false-alarm rate that implies.
+///
+/// ```yaml
+/// calibrated: { on: 2026-12-04, seeds: 8, classes: [x86_64-amd-26.2-avx512f], samples: 24,
+///               statistic: max, margin: 3, false_alarm: 2.0e-6 }
+/// ```
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Calibration {
+    /// The day it was measured (UTC, `YYYY-MM-DD`).
+    pub on: String,
+    /// Weight and input seeds run on the calibrating machine.
+    pub seeds: usize,
+    /// The machine classes measured: the calibrating machine's, then those
+    /// read from committed snapshots.
+    pub classes: Vec<String>,
+    /// Profiles measured (seeds × backends, plus one per recorded class and
+    /// backend).
+    pub samples: usize,
+    /// The statistic the bound multiplies: `max` over samples, variants and
+    /// layers.
+    pub statistic: String,
+    /// The factor on the statistic (an exponent's bound adds it instead).
+    pub margin: f64,
+    /// The chance that one trial of an unchanged backend exceeds a bound,
+    /// from a log-normal fit of the per-sample maxima (the worst backend,
+    /// every metric together).
+    pub false_alarm: f64,
 }
 
 impl MetricBounds {
@@ -201,6 +237,87 @@ impl Bounds {
     }
 }
 
+impl Bounds {
+    /// Per bounded metric, the smallest bound `p` would have passed, and
+    /// where it is reached (Polygraphy's "minimum required tolerance"):
+    /// `every_layer.max_abs ≥ 2.1e-5 (layer 12)`. For a bitwise bound, the
+    /// every-layer `mean_abs` and `max_abs` it would need instead. `None`
+    /// when `p` holds a NaN or Inf (no bound passes it) or sets nothing.
+    pub fn smallest_passing(&self, p: &DriftProfile) -> Option<String> {
+        if p.layers.is_empty() || p.layers.iter().any(|d| d.non_finite > 0) {
+            return None;
+        }
+        let mut parts = Vec::new();
+        let worst = |m: Metric| {
+            p.layers
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (m.value(d), i + 1))
+                .fold((f64::NEG_INFINITY, 0), |a, b| if b.0 > a.0 { b } else { a })
+        };
+        let mut every: Vec<Metric> = Metric::ALL
+            .into_iter()
+            .filter(|m| {
+                self.every_layer
+                    .as_ref()
+                    .is_some_and(|b| b.limit(*m).is_some())
+            })
+            .collect();
+        if self.bitwise && p.first_divergence.is_some() {
+            for m in [Metric::MeanAbs, Metric::MaxAbs] {
+                if !every.contains(&m) {
+                    every.push(m);
+                }
+            }
+        }
+        for m in every {
+            if m.is_floor() {
+                let (v, l) = p
+                    .layers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| (m.value(d), i + 1))
+                    .fold((f64::INFINITY, 0), |a, b| if b.0 < a.0 { b } else { a });
+                parts.push(format!(
+                    "every_layer.{} ≤ {v:.4} (layer {l})",
+                    m.bound_key()
+                ));
+            } else {
+                let (v, l) = worst(m);
+                parts.push(format!(
+                    "every_layer.{} ≥ {} (layer {l})",
+                    m.bound_key(),
+                    sig(v)
+                ));
+            }
+        }
+        if let (Some(b), Some(d)) = (&self.last_layer, p.layers.last()) {
+            for m in Metric::ALL.into_iter().filter(|m| b.limit(*m).is_some()) {
+                let op = if m.is_floor() { "≤" } else { "≥" };
+                parts.push(format!(
+                    "last_layer.{} {op} {}",
+                    m.bound_key(),
+                    sig(m.value(d))
+                ));
+            }
+        }
+        if self.growth_exponent.is_some()
+            && let Some(e) = p.growth.exponent
+        {
+            parts.push(format!("growth_exponent ≥ {e:.3}"));
+        }
+        (!parts.is_empty()).then(|| format!("would pass with {}", parts.join(", ")))
+    }
+}
+
+fn sig(x: f64) -> String {
+    if x == 0.0 {
+        "0".into()
+    } else {
+        format!("{x:.2e}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +357,35 @@ mod tests {
             v[0].starts_with("layer 2: max_abs 2.000e-3 > 1.000e-3"),
             "{v:?}"
         );
+    }
+
+    #[test]
+    fn a_failure_says_the_smallest_bound_that_passes_and_where() {
+        let b = Bounds {
+            every_layer: Some(MetricBounds {
+                max_abs: Some(1e-3),
+                ..Default::default()
+            }),
+            growth_exponent: Some(1.5),
+            ..Default::default()
+        };
+        let p = profile(&[1e-4, 3e-3, 2e-3]);
+        let s = b.smallest_passing(&p).unwrap();
+        assert!(s.contains("every_layer.max_abs ≥ 3.00e-3 (layer 2)"), "{s}");
+        assert!(s.contains("growth_exponent ≥ "), "{s}");
+        // Bitwise: the every-layer bounds it would need instead.
+        let bw = Bounds {
+            bitwise: true,
+            ..Default::default()
+        };
+        let s = bw.smallest_passing(&p).unwrap();
+        assert!(
+            s.contains("every_layer.mean_abs ≥") && s.contains("every_layer.max_abs ≥ 3.00e-3"),
+            "{s}"
+        );
+        // NaN: no bound passes it.
+        let nan = profile(&[1e-4, f64::NAN]);
+        assert_eq!(b.smallest_passing(&nan), None);
     }
 
     #[test]

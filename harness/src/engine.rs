@@ -150,8 +150,14 @@ impl Outcome {
         self.variants
             .iter()
             .flat_map(|v| {
+                let needed = match (&v.profile, v.violations.is_empty()) {
+                    (Some(p), false) => c.bounds.smallest_passing(p),
+                    _ => None,
+                };
                 v.violations
                     .iter()
+                    .cloned()
+                    .chain(needed)
                     .map(move |msg| format!("{scenario} [{}] {} vs {}: {msg}", v.variant, c.a, c.b))
             })
             .collect()

@@ -31,6 +31,7 @@
 
 pub mod baseline;
 pub mod bounds;
+pub mod calibrate;
 pub mod class;
 pub mod dispatch;
 pub mod engine;

@@ -113,6 +113,44 @@ Exit codes: 0 every file valid; 2 a problem (each printed as file:line:column: m
         /// Scenario files (default: every file in the scenario directory).
         files: Vec<PathBuf>,
     },
+    /// Propose a scenario's bounds from measurement: its checks over N
+    /// weight/input seeds on every backend here, plus the profiles other
+    /// machine classes committed; per bound the measured spread, a proposal
+    /// (max × margin), its false-alarm rate, and whether it catches the
+    /// negative controls (other GELU, eps ×10, no residual, a transposed
+    /// weight). `--write` puts the proposals into the file.
+    #[command(after_help = "Examples:
+  layerdrift calibrate scenarios/small-decoder.yaml
+  layerdrift calibrate scenarios/seed-residual-mlp.yaml --seeds 4 --write
+
+Exit codes: 0 proposals made; 1 a proposal misses the other-GELU control (a
+bound that cannot see a wrong activation gates nothing) or a run failed;
+2 bad input.")]
+    Calibrate {
+        /// The scenario file (YAML).
+        file: PathBuf,
+        /// Weight/input seeds to run (the scenario's own is the first).
+        #[arg(long, default_value_t = layerdrift::calibrate::DEFAULT_SEEDS)]
+        seeds: usize,
+        /// Factor on the measured maximum (an exponent gets half of it added).
+        #[arg(long, default_value_t = layerdrift::calibrate::DEFAULT_MARGIN)]
+        margin: f64,
+        /// Only these backends (names or ids, comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        backends: Vec<String>,
+        /// Rewrite the file's `bounds:` with the proposals (other lines kept).
+        #[arg(long)]
+        write: bool,
+        /// Skip the negative controls.
+        #[arg(long)]
+        no_controls: bool,
+        /// Do not read other classes' committed snapshots.
+        #[arg(long)]
+        no_recorded: bool,
+    },
+    /// Print the JSON Schema of scenario files (what
+    /// scenarios/scenario.schema.json holds), generated from the parser's types.
+    Schema,
     /// List the backends of this build and the shipped scenarios.
     List,
     /// The environment variables layerdrift reads, and their values here.
@@ -160,6 +198,35 @@ fn main() -> ExitCode {
         } => review(&files, tolerance, out),
         Command::Probe(args) => probe(args),
         Command::Validate { files } => validate(files),
+        Command::Calibrate {
+            file,
+            seeds,
+            margin,
+            backends,
+            write,
+            no_controls,
+            no_recorded,
+        } => calibrate(
+            &file,
+            &backends,
+            &layerdrift::calibrate::Options {
+                seeds,
+                margin,
+                recorded: !no_recorded,
+                controls: !no_controls,
+            },
+            write,
+        ),
+        Command::Schema => {
+            let schema = layerdrift::scenario::schema();
+            match serde_json::to_string_pretty(&schema) {
+                Ok(text) => {
+                    println!("{text}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
         Command::List => list(),
         Command::Env => show_env(),
     };
@@ -170,6 +237,66 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn calibrate(
+    file: &Path,
+    only: &[String],
+    o: &layerdrift::calibrate::Options,
+    write: bool,
+) -> Result<ExitCode> {
+    let session = Session::new();
+    let mut s = match session.load(file) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    engine::filter_backends(&mut s, &session, only).map_err(anyhow::Error::msg)?;
+    drop(session);
+    let started = std::time::Instant::now();
+    let report = match layerdrift::calibrate::calibrate(&s, o, &mut |msg| {
+        eprintln!("[{:>6.1} s] {msg}", started.elapsed().as_secs_f64());
+    }) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {}: {e}", file.display());
+            return Ok(ExitCode::from(1));
+        }
+    };
+    print!("{}", report.table());
+    println!(
+        "
+({:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
+    if write {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let today = layerdrift::calibrate::today();
+        let new = layerdrift::calibrate::rewrite(&text, &report, &today)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        // Never write a file the parser would then refuse.
+        if let Err(e) = Scenario::parse(file, &new, &Session::new().known_ids(), u64::MAX) {
+            eprintln!(
+                "error: the rewritten scenario does not parse, so {} is left as it was:\n{e}",
+                file.display()
+            );
+            return Ok(ExitCode::from(1));
+        }
+        std::fs::write(file, new).with_context(|| format!("writing {}", file.display()))?;
+        println!("wrote the proposals into {}", file.display());
+    }
+    let missed = report.missed_gelu();
+    if !missed.is_empty() {
+        eprintln!(
+            "error: the proposed bounds of {} do not catch the other-GELU control: they cannot see a wrong activation",
+            missed.join(", ")
+        );
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn validate(files: Vec<PathBuf>) -> Result<ExitCode> {
@@ -529,6 +656,11 @@ fn summary(report: &ScenarioReport) {
             }
             for msg in &v.violations {
                 println!("          {msg}");
+            }
+            if !v.violations.is_empty()
+                && let Some(needed) = o.comparison.bounds.smallest_passing(p)
+            {
+                println!("          {needed}");
             }
         }
     }

@@ -40,7 +40,9 @@ use crate::bounds::Bounds;
 pub use budget::{MAX_OBSERVED_ROWS, MAX_VARIANTS, estimate_bytes};
 pub use error::{Pos, ScenarioError, ScenarioErrors};
 pub use fields::read_token_file;
-pub use raw::{Axis, EXECUTIONS, FIXED_SHAPE_TILE, PINNED_ANCHOR, STRATEGIES};
+pub use raw::{
+    Axis, EXECUTIONS, FIXED_SHAPE_TILE, PINNED_ANCHOR, STRATEGIES, schema, syntax_check,
+};
 
 /// One strategy: how the observed rows are computed.
 #[derive(Clone, Debug, PartialEq)]
