@@ -12,9 +12,9 @@
 //!   than a quantile: with 8–30 samples an upper quantile is the maximum
 //!   anyway, and the margin covers what the samples did not see (the
 //!   banded snapshot check measured ≤ 2.5× between CPU classes);
-//! - `growth_exponent`: the largest fitted exponent **plus** half the margin
-//!   (an exponent is a rate, not a magnitude: 1.0 measured and 3× would
-//!   accept cubic growth);
+//! - `growth_exponent`: the largest fitted exponent **plus** half a power
+//!   ([`EXPONENT_SLACK`]; an exponent is a rate, not a magnitude: 1.0
+//!   measured and 3× would accept cubic growth);
 //! - `bitwise: true` kept where every sample was bitwise equal, reported
 //!   as broken where one was not.
 //!
@@ -52,6 +52,9 @@ use crate::snapshot::band;
 pub const DEFAULT_SEEDS: usize = 8;
 /// The default factor on the measured maximum.
 pub const DEFAULT_MARGIN: f64 = 3.0;
+/// What a proposed `growth_exponent` adds to the largest one measured:
+/// half a power, so linear growth measured still fails quadratic growth.
+pub const EXPONENT_SLACK: f64 = 0.5;
 
 /// The metrics a ceiling bound can hold.
 const CEILINGS: [Metric; 5] = [
@@ -618,7 +621,7 @@ fn propose(g: &mut Group, margin: f64) {
             .filter_map(|s| s.exponent)
             .fold(f64::NEG_INFINITY, f64::max);
         if worst.is_finite() {
-            p.growth_exponent = Some(((worst + margin / 2.0) * 10.0).ceil() / 10.0);
+            p.growth_exponent = Some(((worst + EXPONENT_SLACK) * 10.0).ceil() / 10.0);
         }
     }
     g.proposed = Some(p);
@@ -1025,6 +1028,16 @@ impl Report {
                     let _ = writeln!(out, "  {:>5}{cells}", l + 1);
                 }
             }
+            let mut exps: Vec<f64> = g.samples.iter().filter_map(|s| s.exponent).collect();
+            if !exps.is_empty() {
+                let lo = exps.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = exps.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let med = median(&mut exps);
+                let _ = writeln!(
+                    out,
+                    "  growth exponent (mean|Δ| ≈ c·layer^p): min {lo:.2}, median {med:.2}, max {hi:.2}"
+                );
+            }
             let _ = writeln!(out, "  in the file: {}", flow(&g.current));
             match &g.proposed {
                 Some(p) => {
@@ -1329,4 +1342,105 @@ pub fn today() -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     format!("{y:04}-{m:02}-{d:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(source: &str, backend: &str, means: &[f64]) -> Sample {
+        Sample {
+            source: source.into(),
+            backend: backend.into(),
+            variant: "base".into(),
+            layers: means
+                .iter()
+                .map(|m| [*m, 4.0 * m, 1.2 * m, 0.0, 1.0])
+                .collect(),
+            exponent: Some(0.8),
+            bitwise: false,
+        }
+    }
+
+    #[test]
+    fn two_significant_digits_rounded_up() {
+        assert_eq!(ceil2(1.31e-5), 1.4e-5);
+        assert_eq!(ceil2(1.4e-5), 1.4e-5);
+        assert_eq!(ceil2(9.91e-7), 1.0e-6);
+        assert_eq!(ceil2(0.0), 0.0);
+    }
+
+    #[test]
+    fn the_proposal_is_the_max_times_the_margin_and_the_exponent_gets_half_a_power() {
+        let mut g = Group {
+            check: 0,
+            name: "full-vs-rows".into(),
+            owner: None,
+            current: Bounds {
+                every_layer: Some(MetricBounds {
+                    mean_abs: Some(1.0),
+                    ..Default::default()
+                }),
+                growth_exponent: Some(9.0),
+                ..Default::default()
+            },
+            samples: vec![
+                sample("seed 0", "candle-cpu", &[1e-7, 3e-7]),
+                sample("seed 1", "candle-cpu", &[2e-7, 4e-7]),
+            ],
+            proposed: None,
+            notes: Vec::new(),
+            controls: Vec::new(),
+        };
+        propose(&mut g, 3.0);
+        let p = g.proposed.clone().unwrap();
+        assert_eq!(p.every_layer.unwrap().mean_abs, Some(1.2e-6));
+        assert_eq!(p.growth_exponent, Some(1.3));
+        // A bound at the samples' own maximum alarms often; 3x above, rarely.
+        let fa = g.false_alarm().unwrap();
+        assert!(fa < 1e-3, "{fa}");
+        let at_max = Bounds {
+            every_layer: Some(MetricBounds {
+                mean_abs: Some(4e-7),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let refs: Vec<&Sample> = g.samples.iter().collect();
+        assert!(false_alarm_of(&refs, &at_max) > 0.2);
+    }
+
+    #[test]
+    fn bitwise_is_kept_only_where_every_sample_was_bitwise() {
+        let mut s = sample("seed 0", "burn-ndarray-cpu", &[0.0]);
+        s.bitwise = true;
+        let mut g = Group {
+            check: 0,
+            name: "c".into(),
+            owner: Some("burn-ndarray".into()),
+            current: Bounds {
+                bitwise: true,
+                ..Default::default()
+            },
+            samples: vec![s.clone()],
+            proposed: None,
+            notes: Vec::new(),
+            controls: Vec::new(),
+        };
+        propose(&mut g, 3.0);
+        assert!(g.proposed.as_ref().unwrap().bitwise);
+        g.samples
+            .push(sample("seed 1", "burn-ndarray-cpu", &[1e-7]));
+        propose(&mut g, 3.0);
+        let p = g.proposed.unwrap();
+        assert!(!p.bitwise && p.every_layer.is_some());
+        assert!(g.notes.iter().any(|n| n.contains("broke in 1 of 2")));
+    }
+
+    #[test]
+    fn the_checks_items_are_found_with_their_extent() {
+        let text = "model: {}\nchecks:\n  - oracle: full\n    bounds: &d\n      every_layer: {}\n\n  # between\n  - cross: full\n    bounds: *d\nslow: true\n";
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        assert_eq!(check_items(&lines).unwrap(), vec![(2, 5), (7, 9)]);
+    }
 }

@@ -132,7 +132,7 @@ bound that cannot see a wrong activation gates nothing) or a run failed;
         /// Weight/input seeds to run (the scenario's own is the first).
         #[arg(long, default_value_t = layerdrift::calibrate::DEFAULT_SEEDS)]
         seeds: usize,
-        /// Factor on the measured maximum (an exponent gets half of it added).
+        /// Factor on the measured maximum (a growth exponent gets +0.5 instead).
         #[arg(long, default_value_t = layerdrift::calibrate::DEFAULT_MARGIN)]
         margin: f64,
         /// Only these backends (names or ids, comma-separated).

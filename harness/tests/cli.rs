@@ -410,6 +410,98 @@ fn run_exits_1_when_a_bound_is_broken() {
             && stdout.contains("out of bounds"),
         "{stdout}"
     );
+    // Polygraphy's "minimum required tolerance": the bound that would pass.
+    assert!(
+        stdout.contains("would pass with every_layer.max_abs ≥ "),
+        "{stdout}"
+    );
+}
+
+/// `calibrate` on a small scenario: a table with the measured spread and a
+/// proposal per bound, every applicable negative control caught, and
+/// `--write` leaving a file that parses, with the proposals and their
+/// provenance in it and every comment kept.
+#[test]
+fn calibrate_proposes_bounds_that_catch_the_controls_and_writes_them() {
+    let dir = tmp_dir("calibrate");
+    let f = dir.join("calibrate-me.yaml");
+    std::fs::write(
+        &f,
+        r#"# a comment that must survive
+model: { kind: residual_mlp, layers: 3, dim: 32, hidden: 64, residual: [true, false] }
+weights: { init: { seed: 0, std: 0.2 } }
+input: { batch: 4, seq: 8, seed: 1 }
+strategies: [full, rows]
+checks:
+  - strategies: [full, rows]
+    bounds: &drift
+      every_layer: { mean_abs: 1.0e-3 }   # hand-typed
+    backend_bounds:
+      burn-ndarray: { bitwise: true }
+  - oracle: full
+    bounds: *drift
+backends: [candle, burn-ndarray]
+"#,
+    )
+    .expect("write");
+    let (code, stdout, stderr) = layerdrift(&[
+        "calibrate".as_ref(),
+        f.as_os_str(),
+        "--seeds".as_ref(),
+        "3".as_ref(),
+        "--no-recorded".as_ref(),
+        "--write".as_ref(),
+    ]);
+    assert_eq!(
+        code,
+        Some(0),
+        "{stdout}
+{stderr}"
+    );
+    for want in [
+        "full-vs-rows:",
+        "full-vs-oracle:",
+        "proposed:    { every_layer: { mean_abs: ",
+        "false alarm per trial",
+        "control other GELU (erf <-> tanh)  caught",
+        "control residual dropped",
+        "control one weight transposed      caught",
+    ] {
+        assert!(
+            stdout.contains(want),
+            "no `{want}` in:
+{stdout}"
+        );
+    }
+    assert!(!stdout.contains("MISSED"), "{stdout}");
+    let text = std::fs::read_to_string(&f).expect("read back");
+    assert!(
+        text.starts_with("# a comment that must survive\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("    bounds: &drift\n      every_layer: { mean_abs: "),
+        "{text}"
+    );
+    assert!(text.contains("calibrated: { on: "), "{text}");
+    assert!(text.contains("seeds: 3"), "{text}");
+    assert!(text.contains("    bounds: *drift"), "{text}");
+    let (code, _, stderr) = layerdrift(&["validate".as_ref(), f.as_os_str()]);
+    assert_eq!(
+        code,
+        Some(0),
+        "the written file does not validate: {stderr}
+{text}"
+    );
+    // Bad input: a margin below 1 is refused by name.
+    let (code, _, stderr) = layerdrift(&[
+        "calibrate".as_ref(),
+        f.as_os_str(),
+        "--margin".as_ref(),
+        "0.5".as_ref(),
+    ]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("--margin"), "{stderr}");
 }
 
 /// `--backends` naming only a backend this machine cannot run compares
