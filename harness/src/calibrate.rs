@@ -16,7 +16,9 @@
 //!   ([`EXPONENT_SLACK`]; an exponent is a rate, not a magnitude: 1.0
 //!   measured and 3× would accept cubic growth);
 //! - `bitwise: true` kept where every sample was bitwise equal, reported
-//!   as broken where one was not.
+//!   as broken where one was not; a drift bound whose samples were all
+//!   bitwise equal is left as it is (nothing to scale from, and bitwise on
+//!   the classes at hand need not hold on the next).
 //!
 //! **What a bound means.** Per backend (one trial each), the per-sample
 //! maxima of a metric are fitted with a log-normal (drift magnitudes are
@@ -577,12 +579,13 @@ fn propose(g: &mut Group, margin: f64) {
         ));
     }
     if bitwise == n {
-        g.proposed = Some(Bounds {
-            bitwise: true,
-            ..Default::default()
-        });
+        // No drift to scale from; and `bitwise: true` measured on the
+        // classes at hand may not hold on the next one: the file decides.
+        let sources: std::collections::BTreeSet<&str> =
+            g.samples.iter().map(|s| s.source.as_str()).collect();
         g.notes.push(format!(
-            "bitwise equal in all {n} samples: proposing `bitwise: true`"
+            "bitwise equal in all {n} samples ({} seeds/classes): no drift to calibrate from, so the bound in the file is kept; `bitwise: true` would hold here",
+            sources.len()
         ));
         return;
     }
@@ -630,7 +633,9 @@ fn propose(g: &mut Group, margin: f64) {
 /// The false-alarm rate of `b` on one backend's samples: log-normal fit of
 /// each metric's per-sample maxima, `1 − Π(1 − P_m)`.
 fn false_alarm_of(samples: &[&Sample], b: &Bounds) -> f64 {
-    let mut pass = 1.0;
+    // log P(every metric passes), so a rate far below f64's epsilon
+    // survives: 1 − (1 − 1e-28) is 0 in f64.
+    let mut log_pass = 0.0;
     for (bounds, last_only) in [(&b.every_layer, false), (&b.last_layer, true)] {
         for m in set_metrics(bounds) {
             let Some(limit) = bounds.as_ref().and_then(|x| x.limit(CEILINGS[m])) else {
@@ -658,10 +663,10 @@ fn false_alarm_of(samples: &[&Sample], b: &Bounds) -> f64 {
                     0.5 * libm::erfc((limit.ln() - mu) / (sd * std::f64::consts::SQRT_2))
                 }
             };
-            pass *= 1.0 - p;
+            log_pass += (-p).ln_1p();
         }
     }
-    1.0 - pass
+    -f64::exp_m1(log_pass)
 }
 
 impl Group {
@@ -1098,123 +1103,88 @@ impl Report {
 }
 
 /// Rewrites the `bounds:` of `file` with the report's proposals, keeping
-/// every other line as it is. Checks that share a bound through a YAML
-/// anchor (`&drift` … `*drift`) share the proposal: the most lenient of
-/// theirs, per key. Returns the new text.
+/// every other line as it is. Bounds shared through a YAML anchor (`&drift`
+/// … `*drift`, on a check's `bounds:` or a `backend_bounds` entry) share the
+/// proposal: the most lenient of theirs, per key, written where the anchor
+/// is. Returns the new text.
 pub fn rewrite(text: &str, report: &Report, today: &str) -> Result<String, String> {
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
     let items = check_items(&lines)?;
-    // Anchor groups: the check that defines `&name`, and those that alias it.
-    let mut anchors: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    let mut bounds_line: BTreeMap<usize, usize> = BTreeMap::new();
+    // Every bound site: (check, owner) → its key line.
+    let mut sites: Vec<(usize, Option<String>, usize)> = Vec::new();
     for (ci, (start, end)) in items.iter().enumerate() {
         if let Some(l) = (*start..*end).find(|l| key_of(&lines[*l]) == Some("bounds")) {
-            bounds_line.insert(ci, l);
-            let rest = value_of(&lines[l]);
-            if let Some(name) = rest.strip_prefix('&').or_else(|| rest.strip_prefix('*')) {
-                let name = name.split_whitespace().next().unwrap_or("").to_string();
-                anchors.entry(name).or_default().push(ci);
-            }
+            sites.push((ci, None, l));
         }
-    }
-    let proposal = |ci: usize| {
-        report
-            .groups
-            .iter()
-            .find(|g| g.check == ci && g.owner.is_none())
-            .and_then(|g| report.stamped(g, today))
-    };
-    // Edits from the bottom up, so earlier line numbers stay valid.
-    let mut edits: Vec<(usize, usize, Vec<String>)> = Vec::new();
-    for (ci, (start, end)) in items.iter().enumerate() {
-        // backend_bounds entries, on their own lines.
-        for g in report
-            .groups
-            .iter()
-            .filter(|g| g.check == ci && g.owner.is_some())
-        {
-            let owner = g.owner.as_deref().unwrap_or_default();
-            let Some(b) = report.stamped(g, today) else {
-                continue;
-            };
-            if let Some(l) = (*start..*end).find(|l| key_of(&lines[*l]) == Some(owner)) {
-                let indent = indent_of(&lines[l]);
-                edits.push((
-                    l,
-                    l + 1,
-                    vec![format!("{}{owner}: {}", " ".repeat(indent), flow(&b))],
-                ));
-            }
-        }
-        let Some(&l) = bounds_line.get(&ci) else {
-            if let Some(b) = proposal(ci) {
-                let indent = indent_of(&lines[*start]) + 2;
-                edits.push((
-                    start + 1,
-                    start + 1,
-                    vec![format!("{}bounds: {}", " ".repeat(indent), flow(&b))],
-                ));
-            }
-            continue;
-        };
-        let rest = value_of(&lines[l]).to_string();
-        if rest.starts_with('*') {
-            continue; // the anchor's check writes the shared bound
-        }
-        let mut b = match proposal(ci) {
-            Some(b) => b,
-            None => continue,
-        };
-        if let Some(name) = rest.strip_prefix('&') {
-            let name = name.split_whitespace().next().unwrap_or("");
-            for other in anchors
-                .get(name)
-                .into_iter()
-                .flatten()
-                .filter(|o| **o != ci)
-            {
-                if let Some(o) = proposal(*other) {
-                    b = lenient(&b, &o);
+        if let Some(bb) = (*start..*end).find(|l| key_of(&lines[*l]) == Some("backend_bounds")) {
+            let col = indent_of(&lines[bb]);
+            for l in bb + 1..*end {
+                let t = lines[l].trim_start();
+                if t.is_empty() || t.starts_with('#') {
+                    continue;
+                }
+                if indent_of(&lines[l]) <= col {
+                    break;
+                }
+                if let Some(k) = key_of(&lines[l])
+                    && indent_of(&lines[l]) == indent_of(&lines[bb + 1])
+                {
+                    sites.push((ci, Some(k.to_string()), l));
                 }
             }
         }
-        let col = lines[l].find("bounds:").unwrap_or(0);
-        let head = lines[l][..col].to_string();
-        let (anchor, after) = match rest.strip_prefix('&') {
-            Some(r) => {
-                let (name, after) = r.split_once(' ').unwrap_or((r, ""));
-                (format!(" &{name}"), after.trim())
+    }
+    let anchor_of = |l: usize, sigil: char| {
+        value_of(&lines[l])
+            .strip_prefix(sigil)
+            .map(|r| r.split_whitespace().next().unwrap_or("").to_string())
+    };
+    let proposal = |ci: usize, owner: &Option<String>| {
+        report
+            .groups
+            .iter()
+            .find(|g| g.check == ci && g.owner == *owner)
+            .and_then(|g| report.stamped(g, today))
+    };
+    let mut edits: Vec<(usize, usize, Vec<String>)> = Vec::new();
+    for (ci, owner, l) in &sites {
+        if anchor_of(*l, '*').is_some() {
+            continue; // the anchor's site writes the shared bound
+        }
+        let mut b = proposal(*ci, owner);
+        if let Some(name) = anchor_of(*l, '&') {
+            for (cj, oj, lj) in &sites {
+                if lj != l
+                    && anchor_of(*lj, '*').as_deref() == Some(name.as_str())
+                    && let Some(o) = proposal(*cj, oj)
+                {
+                    b = Some(match b {
+                        Some(b) => lenient(&b, &o),
+                        None => o,
+                    });
+                }
             }
-            None => (String::new(), rest.as_str()),
-        };
-        if after.is_empty() || after.starts_with('#') {
-            // A block below the key: its lines are those indented deeper.
-            let mut stop = l + 1;
-            while stop < *end && (lines[stop].trim().is_empty() || indent_of(&lines[stop]) > col) {
-                stop += 1;
-            }
-            while stop > l + 1 && lines[stop - 1].trim().is_empty() {
-                stop -= 1;
-            }
-            let child = (l + 1..stop)
-                .find(|k| !lines[*k].trim().is_empty())
-                .map_or(col + 2, |k| indent_of(&lines[k]));
-            let mut new = vec![format!("{head}bounds:{anchor}")];
-            new.extend(
-                parts(&b)
-                    .into_iter()
-                    .map(|(k, v)| format!("{}{k}: {v}", " ".repeat(child))),
-            );
-            edits.push((l, stop, new));
-        } else {
+        }
+        let Some(b) = b else { continue };
+        let end = items[*ci].1;
+        edits.push(write_site(&lines, *l, end, &b));
+    }
+    // A check with no `bounds:` at all gets one below its first line.
+    for (ci, (start, _)) in items.iter().enumerate() {
+        if sites.iter().any(|(c, o, _)| *c == ci && o.is_none()) {
+            continue;
+        }
+        if let Some(b) = proposal(ci, &None) {
+            let indent = indent_of(&lines[*start]) + 2;
             edits.push((
-                l,
-                l + 1,
-                vec![format!("{head}bounds:{anchor} {}", flow(&b))],
+                start + 1,
+                start + 1,
+                vec![format!("{}bounds: {}", " ".repeat(indent), flow(&b))],
             ));
         }
     }
-    edits.sort_by(|a, b| b.0.cmp(&a.0));
+    // From the bottom up, so earlier line numbers stay valid.
+    edits.sort_by_key(|e| std::cmp::Reverse(e.0));
     for (from, to, new) in edits {
         lines.splice(from..to, new);
     }
@@ -1223,6 +1193,44 @@ pub fn rewrite(text: &str, report: &Report, today: &str) -> Result<String, Strin
         out.push('\n');
     }
     Ok(out)
+}
+
+/// The edit that puts `b` at the site on line `l` (a `key: value` line;
+/// the value a block below it, or a flow mapping on it), keeping its anchor.
+fn write_site(lines: &[String], l: usize, end: usize, b: &Bounds) -> (usize, usize, Vec<String>) {
+    let line = &lines[l];
+    let key = key_of(line).unwrap_or("bounds");
+    let col = line.find(&format!("{key}:")).unwrap_or(0);
+    let head = &line[..col];
+    let rest = value_of(line);
+    let (anchor, after) = match rest.strip_prefix('&') {
+        Some(r) => {
+            let (name, after) = r.split_once(' ').unwrap_or((r, ""));
+            (format!(" &{name}"), after.trim())
+        }
+        None => (String::new(), rest),
+    };
+    if !(after.is_empty() || after.starts_with('#')) {
+        return (l, l + 1, vec![format!("{head}{key}:{anchor} {}", flow(b))]);
+    }
+    // A block below the key: its lines are those indented deeper.
+    let mut stop = l + 1;
+    while stop < end && (lines[stop].trim().is_empty() || indent_of(&lines[stop]) > col) {
+        stop += 1;
+    }
+    while stop > l + 1 && lines[stop - 1].trim().is_empty() {
+        stop -= 1;
+    }
+    let child = (l + 1..stop)
+        .find(|k| !lines[*k].trim().is_empty())
+        .map_or(col + 2, |k| indent_of(&lines[k]));
+    let mut new = vec![format!("{head}{key}:{anchor}")];
+    new.extend(
+        parts(b)
+            .into_iter()
+            .map(|(k, v)| format!("{}{k}: {v}", " ".repeat(child))),
+    );
+    (l, stop, new)
 }
 
 /// Per key the larger limit (and the larger exponent) of `a` and `b`.
@@ -1247,7 +1255,8 @@ fn lenient(a: &Bounds, b: &Bounds) -> Bounds {
     let calibrated = match (&a.calibrated, &b.calibrated) {
         (Some(x), Some(y)) => Some(Calibration {
             samples: x.samples + y.samples,
-            false_alarm: 1.0 - (1.0 - x.false_alarm) * (1.0 - y.false_alarm),
+            // Either alarms (x + y − xy: no 1 − (1 − x)(1 − y), which rounds a tiny rate to 0).
+            false_alarm: x.false_alarm + y.false_alarm - x.false_alarm * y.false_alarm,
             classes: {
                 let mut c = x.classes.clone();
                 c.extend(y.classes.iter().filter(|k| !x.classes.contains(k)).cloned());
