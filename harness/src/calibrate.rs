@@ -1446,6 +1446,77 @@ mod tests {
         assert!(g.notes.iter().any(|n| n.contains("broke in 1 of 2")));
     }
 
+    fn group(check: usize, owner: Option<&str>, proposed: Bounds) -> Group {
+        Group {
+            check,
+            name: format!("check{check}"),
+            owner: owner.map(str::to_string),
+            current: Bounds::default(),
+            samples: vec![sample("seed 0", "candle-cpu", &[1e-7])],
+            proposed: Some(proposed),
+            notes: Vec::new(),
+            controls: Vec::new(),
+        }
+    }
+
+    fn mean(v: f64) -> Bounds {
+        Bounds {
+            every_layer: Some(MetricBounds {
+                mean_abs: Some(v),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// The anchor sits on a `backend_bounds` entry and a later check
+    /// aliases it: the entry's block gets the more lenient proposal, the
+    /// alias and every other line stay.
+    #[test]
+    fn rewrite_keeps_layout_and_merges_an_anchored_backend_bound() {
+        let text = "# head\nchecks:\n  - strategies: [full, rows]\n    bounds: { bitwise: true }\n    backend_bounds:\n      tch: &drift\n        every_layer: { mean_abs: 1.0e-5 }\n        growth_exponent: 1.5\n  - oracle: full\n    bounds: *drift\n# tail\nthreads: 2\n";
+        let report = Report {
+            scenario: "t".into(),
+            seeds: 1,
+            classes: vec!["k".into()],
+            groups: vec![
+                group(
+                    0,
+                    None,
+                    Bounds {
+                        bitwise: true,
+                        ..Default::default()
+                    },
+                ),
+                group(0, Some("tch"), mean(3e-6)),
+                group(1, None, mean(4e-6)),
+            ],
+            margin: 3.0,
+            notes: Vec::new(),
+            here: [("candle-cpu".to_string(), "k".to_string())].into(),
+        };
+        let out = rewrite(text, &report, "2026-12-04").unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "# head");
+        assert!(
+            lines[3].starts_with("    bounds: { bitwise: true, calibrated: { on: 2026-12-04"),
+            "{out}"
+        );
+        assert_eq!(lines[5], "      tch: &drift");
+        assert_eq!(lines[6], "        every_layer: { mean_abs: 4.0e-6 }");
+        assert!(
+            lines[7].starts_with("        calibrated: { on: 2026-12-04, seeds: 1, classes: [k]"),
+            "{out}"
+        );
+        assert_eq!(lines[9], "    bounds: *drift");
+        assert_eq!(&lines[10..], &["# tail", "threads: 2"]);
+        let v: serde_yaml::Value = serde_yaml::from_str(&out).unwrap();
+        assert_eq!(
+            v["checks"][1]["bounds"]["every_layer"]["mean_abs"].as_f64(),
+            Some(4e-6)
+        );
+    }
+
     #[test]
     fn the_checks_items_are_found_with_their_extent() {
         let text = "model: {}\nchecks:\n  - oracle: full\n    bounds: &d\n      every_layer: {}\n\n  # between\n  - cross: full\n    bounds: *d\nslow: true\n";

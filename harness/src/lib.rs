@@ -24,6 +24,9 @@
 //!          └──► front ends: tests/scenarios.rs (libtest-mimic), main.rs (CLI)
 //! ```
 //!
+//! [`calibrate`] sits beside the sinks: it drives the engine over reseeded
+//! copies of a scenario and reads committed snapshots, to propose bounds.
+//!
 //! Vocabularies live in one place each: metrics in [`metric`], devices and
 //! backend ids in `layerdrift_backends::device`, strategies and the rule of
 //! which fits which model in `layerdrift_backends::Schedule::fits`,
@@ -69,6 +72,7 @@ mod layering {
         "class",
         "plan",
         "snapshot",
+        "calibrate",
         "table",
         "plot",
         "review",
