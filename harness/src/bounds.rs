@@ -6,7 +6,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::metric::Metric;
+use crate::metric::{Metric, sig3};
 use crate::metrics::{DriftProfile, LayerDrift};
 
 /// Limits on per-layer metrics (each optional).
@@ -287,7 +287,7 @@ impl Bounds {
                 parts.push(format!(
                     "every_layer.{} ≥ {} (layer {l})",
                     m.bound_key(),
-                    sig(v)
+                    sig3(v)
                 ));
             }
         }
@@ -297,7 +297,7 @@ impl Bounds {
                 parts.push(format!(
                     "last_layer.{} {op} {}",
                     m.bound_key(),
-                    sig(m.value(d))
+                    sig3(m.value(d))
                 ));
             }
         }
@@ -307,14 +307,6 @@ impl Bounds {
             parts.push(format!("growth_exponent ≥ {e:.3}"));
         }
         (!parts.is_empty()).then(|| format!("would pass with {}", parts.join(", ")))
-    }
-}
-
-fn sig(x: f64) -> String {
-    if x == 0.0 {
-        "0".into()
-    } else {
-        format!("{x:.2e}")
     }
 }
 

@@ -37,14 +37,14 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use layerdrift_backends::{Activation, BackendId, HostTensor, ModelSpec};
 
 use crate::bounds::{Bounds, Calibration, MetricBounds};
-use crate::class::backend_dir;
+use crate::class::recorded_elsewhere;
 use crate::engine::{self, Comparison};
-use crate::metric::Metric;
+use crate::metric::{Metric, sig3};
 use crate::metrics::DriftProfile;
 use crate::scenario::{Check, InputSource, Pairing, Scenario, WeightSource};
 use crate::session::{RunError, Session};
@@ -125,11 +125,10 @@ impl Sample {
     }
 
     fn worst(&self, m: usize, last_only: bool) -> f64 {
-        let it = self.layers.iter().map(|l| l[m]);
         if last_only {
             self.layers.last().map_or(0.0, |l| l[m])
         } else {
-            it.fold(0.0, f64::max)
+            self.layers.iter().map(|l| l[m]).fold(0.0, f64::max)
         }
     }
 }
@@ -260,15 +259,12 @@ fn check_of<'a>(s: &'a Scenario, name: &str) -> Option<(usize, &'a Check)> {
         })
 }
 
-/// The `backend_bounds` key that applies to `backend` (an id or a name).
-fn owner_of(c: &Check, backend: &str) -> Option<String> {
-    if c.backend_bounds.contains_key(backend) {
-        return Some(backend.to_string());
-    }
-    let name = backend.rsplit_once('-').map_or(backend, |(n, _)| n);
-    c.backend_bounds
-        .contains_key(name)
-        .then(|| name.to_string())
+/// The `backend_bounds` key that applies to `id`: the one
+/// [`Check::bounds_for`] reads (its id, else its library name).
+fn owner_of(c: &Check, id: BackendId) -> Option<String> {
+    [id.to_string(), id.name.to_string()]
+        .into_iter()
+        .find(|k| c.backend_bounds.contains_key(k))
 }
 
 /// The backends that take part here: the oracle, then the scenario's
@@ -372,12 +368,7 @@ pub fn calibrate(
             let Some((ci, check)) = check_of(s, &c.name) else {
                 continue;
             };
-            let gi = group(
-                &mut groups,
-                ci,
-                check,
-                owner_of(check, &c.a.backend.to_string()),
-            );
+            let gi = group(&mut groups, ci, check, owner_of(check, c.a.backend));
             for v in &out.variants {
                 if let Some(p) = &v.profile {
                     groups[gi].samples.push(Sample::from_profile(
@@ -396,13 +387,13 @@ pub fn calibrate(
     }
 
     if o.recorded {
-        let here = classes.clone();
         let ids: Vec<BackendId> = seed0
             .as_ref()
             .map(|(session, _)| active(s, session))
             .unwrap_or_default();
         for id in ids {
-            for (class, sample_group) in recorded(s, id, &here)? {
+            let own = here.get(&id.to_string()).cloned().unwrap_or_default();
+            for (class, sample_group) in recorded(s, id, &own)? {
                 if !classes.contains(&class) {
                     classes.push(class.clone());
                 }
@@ -410,7 +401,7 @@ pub fn calibrate(
                     let Some((ci, check)) = check_of(s, &check_name) else {
                         continue;
                     };
-                    let gi = group(&mut groups, ci, check, owner_of(check, &id.to_string()));
+                    let gi = group(&mut groups, ci, check, owner_of(check, id));
                     groups[gi].samples.push(smp);
                 }
             }
@@ -447,77 +438,51 @@ pub fn calibrate(
     })
 }
 
-/// The samples committed for backend `id` under classes other than
-/// `here`: `(class, [(comparison name, sample)])`.
+/// The samples committed for backend `id` under classes other than its
+/// own here (`own`): `(class, [(comparison name, sample)])`, by class.
 type Recorded = Vec<(String, Vec<(String, Sample)>)>;
 
-fn recorded(s: &Scenario, id: BackendId, here: &[String]) -> Result<Recorded, String> {
-    let dir = backend_dir(id);
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Ok(Vec::new());
-    };
-    let mut classes: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir())
-        .collect();
-    classes.sort();
-    let mut out = Vec::new();
-    for cdir in classes {
-        let class = cdir
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        if here.contains(&class) {
-            continue;
-        }
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&cdir)
-            .map_err(|e| format!("{}: {e}", cdir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                let n = p
-                    .file_name()
-                    .map(|n| n.to_string_lossy().to_string())
-                    .unwrap_or_default();
-                n == format!("{}.snap", s.name)
-                    || n.starts_with(&format!("{}__vs__", s.name)) && n.ends_with(".snap")
-            })
-            .collect();
-        files.sort();
+fn recorded(s: &Scenario, id: BackendId, own: &str) -> Result<Recorded, String> {
+    let own_file = format!("{}.snap", s.name);
+    let pair_prefix = format!("{}__vs__", s.name);
+    let files = recorded_elsewhere(id, own, &|n| n == own_file || n.starts_with(&pair_prefix));
+    let mut out: Recorded = Vec::new();
+    for (class, f) in files {
+        let (columns, comps) = band::read(&f)?;
         let mut samples = Vec::new();
-        for f in files {
-            let (columns, comps) = band::read(&f)?;
-            for c in comps {
-                for v in c.variants.iter().filter(|v| v.skipped.is_none()) {
-                    let layers: Vec<[f64; 5]> = v
-                        .layers
-                        .iter()
-                        .filter_map(|l| band::parse_line(l, &columns))
-                        .map(|line| CEILINGS.map(|m| line.get(m).unwrap_or(0.0)))
-                        .collect();
-                    if layers.is_empty() {
-                        continue;
-                    }
-                    let exponent = v
-                        .growth_exponent
-                        .as_deref()
-                        .and_then(|e| e.trim().parse().ok());
-                    let bitwise = v.first_divergence.as_deref() == Some("none");
-                    samples.push((
-                        c.check.clone(),
-                        Sample {
-                            source: format!("class {class}"),
-                            backend: id.to_string(),
-                            variant: v.variant.clone(),
-                            layers,
-                            exponent,
-                            bitwise,
-                        },
-                    ));
+        for c in comps {
+            for v in c.variants.iter().filter(|v| v.skipped.is_none()) {
+                let layers: Vec<[f64; 5]> = v
+                    .layers
+                    .iter()
+                    .filter_map(|l| band::parse_line(l, &columns))
+                    .map(|line| CEILINGS.map(|m| line.get(m).unwrap_or(0.0)))
+                    .collect();
+                if layers.is_empty() {
+                    continue;
                 }
+                samples.push((
+                    c.check.clone(),
+                    Sample {
+                        source: format!("class {class}"),
+                        backend: id.to_string(),
+                        variant: v.variant.clone(),
+                        layers,
+                        exponent: v
+                            .growth_exponent
+                            .as_deref()
+                            .and_then(|e| e.trim().parse().ok()),
+                        bitwise: v.first_divergence.as_deref() == Some("none"),
+                    },
+                ));
             }
         }
-        if !samples.is_empty() {
-            out.push((class, samples));
+        if samples.is_empty() {
+            continue;
+        }
+        match out.last_mut() {
+            Some((c, v)) if *c == class => v.extend(samples),
+            _ => out.push((class, samples)),
         }
     }
     Ok(out)
@@ -816,7 +781,7 @@ fn run_control(
         let Some((ci, check)) = check_of(s, &c.name) else {
             continue;
         };
-        if ci != g.check || owner_of(check, &c.a.backend.to_string()) != g.owner {
+        if ci != g.check || owner_of(check, c.a.backend) != g.owner {
             continue;
         }
         for (v, var) in s.variants.iter().enumerate() {
@@ -856,14 +821,6 @@ fn run_control(
         r.not_applicable = Some("no comparison of this bound could run it here".into());
     }
     Ok(r)
-}
-
-fn sig(x: f64) -> String {
-    if x == 0.0 {
-        "0".into()
-    } else {
-        format!("{x:.2e}")
-    }
 }
 
 /// A false-alarm rate as text (`< 1e-12` below what a fit can say).
@@ -1028,7 +985,8 @@ impl Report {
                         let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
                         let hi = v.iter().copied().fold(0.0, f64::max);
                         let med = median(&mut v);
-                        let _ = write!(cells, "  {:>9} {:>9} {:>9} ", sig(lo), sig(med), sig(hi));
+                        let _ =
+                            write!(cells, "  {:>9} {:>9} {:>9} ", sig3(lo), sig3(med), sig3(hi));
                     }
                     let _ = writeln!(out, "  {:>5}{cells}", l + 1);
                 }

@@ -239,6 +239,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// The scenario at `file`, or exit 2 with every problem printed.
+fn load(session: &Session, file: &Path) -> Result<Scenario, ExitCode> {
+    session.load(file).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(2)
+    })
+}
+
 fn calibrate(
     file: &Path,
     only: &[String],
@@ -246,12 +254,9 @@ fn calibrate(
     write: bool,
 ) -> Result<ExitCode> {
     let session = Session::new();
-    let mut s = match session.load(file) {
+    let mut s = match load(&session, file) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("{e}");
-            return Ok(ExitCode::from(2));
-        }
+        Err(code) => return Ok(code),
     };
     engine::filter_backends(&mut s, &session, only).map_err(anyhow::Error::msg)?;
     drop(session);
@@ -781,12 +786,9 @@ fn run(file: &Path, only: &[String], metric: Metric, o: Outputs) -> Result<ExitC
         local,
     } = o;
     let session = Session::new();
-    let mut s = match session.load(file) {
+    let mut s = match load(&session, file) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("{e}");
-            return Ok(ExitCode::from(2));
-        }
+        Err(code) => return Ok(code),
     };
     if let Some(ops) = ops {
         if ops.iter().any(|o| o == "all") && ops.len() > 1 {
